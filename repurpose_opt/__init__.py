@@ -1,0 +1,62 @@
+"""repurpose-opt: restructure a trained neural network to run on K workers with minimal communication.
+
+The public API (SPEC §7) is re-exported here; optional backends (OR-tools, cvxpy, Mt-KaHyPar, torch) are
+never imported at package import time.
+"""
+
+from .api import solve
+from .cluster import Cluster
+from .errors import (
+    BackendCannotSolveError,
+    BackendUnavailableError,
+    FormatError,
+    InvalidParameterError,
+    InvalidProblemError,
+    RepurposeError,
+    SolverError,
+    UnknownBackendError,
+)
+from .layers import AvgPool2d, Conv2d, Dense, Flatten, Identity, MaxPool2d, ReLU, Sigmoid, Tanh
+from .network import LayerStructure, Network
+from .problems import PartitionProblem
+from .simulator import SimulationReport, simulate
+from .solution import Solution, Status, load_solution, save_solution
+from .solvers.registry import list_backends
+from .verify import VerificationReport, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AvgPool2d",
+    "BackendCannotSolveError",
+    "BackendUnavailableError",
+    "Cluster",
+    "Conv2d",
+    "Dense",
+    "Flatten",
+    "FormatError",
+    "Identity",
+    "InvalidParameterError",
+    "InvalidProblemError",
+    "LayerStructure",
+    "MaxPool2d",
+    "Network",
+    "PartitionProblem",
+    "ReLU",
+    "RepurposeError",
+    "Sigmoid",
+    "SimulationReport",
+    "Solution",
+    "SolverError",
+    "Status",
+    "Tanh",
+    "UnknownBackendError",
+    "VerificationReport",
+    "list_backends",
+    "load_solution",
+    "save_solution",
+    "simulate",
+    "solve",
+    "verify",
+    "__version__",
+]

@@ -1,0 +1,60 @@
+"""Validation shared by every problem that places a network on a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._validation import as_choice, as_float, as_placement
+from ..cluster import Cluster
+from ..errors import InvalidProblemError
+from ..network import Network
+
+INPUT_MODES = ("replicated", "free")
+OUTPUT_MODES = ("gather", "distributed")
+
+
+def check_network_and_cluster(network: Any, cluster: Any) -> None:
+    """Type checks, and K must not exceed any layer's width (a worker would own nothing)."""
+    if not isinstance(network, Network):
+        raise InvalidProblemError(f"`network` must be a repurpose_opt.Network, got {type(network).__name__}")
+    if not isinstance(cluster, Cluster):
+        raise InvalidProblemError(f"`cluster` must be a repurpose_opt.Cluster, got {type(cluster).__name__}")
+    for l, n in enumerate(network.unit_counts[1:], start=1):
+        if cluster.k > n:
+            raise InvalidProblemError(
+                f"`cluster.k` = {cluster.k} is larger than layer {l}, which has {n} units: every worker must "
+                "own at least one unit; use fewer workers"
+            )
+
+
+def check_input_placement(value: Any, network: Network, cluster: Cluster) -> str | np.ndarray:
+    """``"replicated"``, ``"free"`` or a read-only int array of length n_0 with entries in 0..K-1."""
+    if isinstance(value, str):
+        mode = as_choice("input_placement", value, INPUT_MODES, error=InvalidProblemError)
+        if mode == "free" and cluster.k > network.unit_counts[0]:
+            raise InvalidProblemError(
+                f"`cluster.k` = {cluster.k} is larger than the input, which has {network.unit_counts[0]} units: "
+                "a free input placement cannot give every worker a unit"
+            )
+        return mode
+    return as_placement("input_placement", value, network.unit_counts[0], cluster.k, error=InvalidProblemError)
+
+
+def check_output(value: Any) -> str:
+    return as_choice("output", value, OUTPUT_MODES, error=InvalidProblemError)
+
+
+def check_imbalance(value: Any) -> float:
+    return as_float("imbalance", value, minimum=0.0, error=InvalidProblemError)
+
+
+def layer_capacities(network: Network, cluster: Cluster, imbalance: float, input_free: bool) -> tuple[np.ndarray | None, ...]:
+    """Per layer (index 0 = input, ``None`` unless free) the max units per worker."""
+    caps: list[np.ndarray | None] = [cluster.balance_capacity(network.unit_counts[0], imbalance) if input_free else None]
+    caps += [cluster.balance_capacity(n, imbalance) for n in network.unit_counts[1:]]
+    for cap in caps:
+        if cap is not None:
+            cap.flags.writeable = False
+    return tuple(caps)

@@ -1,0 +1,117 @@
+"""The backend registry, in preference order, with lazy loading.
+
+Built-in backends are named here as ``module:Class`` strings and imported on first use; third-party
+backends register through the ``repurpose_opt.backends`` entry-point group (``name = "pkg.module:Class"``),
+also loaded only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from ..errors import BackendCannotSolveError, BackendUnavailableError, UnknownBackendError
+from .base import Backend
+
+__all__ = ["BUILTIN_BACKENDS", "AUTO_ORDER", "get_backend", "backend_names", "list_backends", "resolve_backend"]
+
+#: Built-in backends in preference order.
+BUILTIN_BACKENDS: dict[str, str] = {
+    "bruteforce": "repurpose_opt.solvers.bruteforce:BruteForceBackend",
+    "direct": "repurpose_opt.solvers.direct:DirectBackend",
+    "random": "repurpose_opt.solvers.random_placement:RandomBackend",
+}
+
+#: What ``backend="auto"`` tries, per problem type, first usable wins (fast and good first).
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "PartitionProblem": ("greedy", "munkres", "hypergraph", "bruteforce", "direct"),
+    "RestructureProblem": ("repurpose", "direct"),
+    "PruningProblem": ("greedy", "cvxpy", "bruteforce"),
+}
+
+_PLUGIN_GROUP = "repurpose_opt.backends"
+_cache: dict[str, type[Backend]] = {}
+
+
+def _plugins() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=_PLUGIN_GROUP) if ep.name not in BUILTIN_BACKENDS}
+
+
+def backend_names() -> list[str]:
+    """Every known backend name: built-ins in preference order, then plug-ins."""
+    return list(BUILTIN_BACKENDS) + sorted(_plugins())
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class called ``name`` (imports our module, never the native library)."""
+    if name in _cache:
+        return _cache[name]
+    if name in BUILTIN_BACKENDS:
+        module_name, class_name = BUILTIN_BACKENDS[name].split(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+    else:
+        plugin = _plugins().get(name)
+        if plugin is None:
+            installed = [n for n in backend_names() if get_backend(n).available()]
+            raise UnknownBackendError(
+                f"unknown backend {name!r}; known backends: {', '.join(backend_names())}; "
+                f"installed: {', '.join(installed) or 'none'}"
+            )
+        cls = plugin.load()
+    _cache[name] = cls
+    return cls
+
+
+def resolve_backend(name: Any, problem: Any) -> Backend:
+    """An instance of the backend that will solve ``problem``, or the precise error why none can."""
+    if not isinstance(name, str):
+        raise UnknownBackendError(f"`backend` must be a backend name (str), got {type(name).__name__}")
+    kind = type(problem).__name__
+    if name == "auto":
+        reasons = []
+        for candidate in AUTO_ORDER.get(kind, ()):
+            if candidate not in backend_names():
+                continue
+            cls = get_backend(candidate)
+            if not cls.available():
+                reasons.append(f"{candidate}: not installed")
+                continue
+            backend = cls()
+            reason = backend.can_solve(problem)
+            if reason is None:
+                return backend
+            reasons.append(f"{candidate}: {reason}")
+        raise BackendCannotSolveError(f"no installed backend can solve this {kind} ({'; '.join(reasons) or 'none known'})")
+    cls = get_backend(name)
+    missing = cls.missing_modules()
+    if missing:
+        extra = f"pip install 'repurpose-opt[{cls.extra}]'" if cls.extra else "install " + ", ".join(missing)
+        raise BackendUnavailableError(f"backend {name!r} needs {', '.join(missing)}, which is not installed: {extra}")
+    backend = cls()
+    reason = backend.can_solve(problem)
+    if reason is not None:
+        raise BackendCannotSolveError(f"backend {name!r} cannot solve this {kind}: {reason}")
+    return backend
+
+
+def list_backends(available_only: bool = False) -> list[dict[str, Any]]:
+    """One row per backend: name, installed or not, the extra that brings it, problems, exactness."""
+    rows = []
+    for name in backend_names():
+        cls = get_backend(name)
+        ready = cls.available()
+        if available_only and not ready:
+            continue
+        rows.append(
+            {
+                "name": name,
+                "available": ready,
+                "missing": cls.missing_modules(),
+                "extra": cls.extra,
+                "problems": list(cls.problem_types),
+                "exact": cls.exact,
+                "description": cls.description,
+            }
+        )
+    return rows

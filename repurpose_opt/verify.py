@@ -1,0 +1,151 @@
+"""``verify``: check a solution against its problem without trusting any backend.
+
+Everything is recomputed from the problem and the solution's assignment: completeness and range of the
+placement, the input mode, per-layer balance, FLOPs/parameter capacities, the objective (by the
+simulator), and the bound and status claims. Violations are collected, not raised, so one call reports
+them all; :func:`verify` raises only when it is called with the wrong types.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidParameterError, RepurposeError
+from .simulator import REPLICATED, normalize_assignment, simulate
+from .solution import Solution, Status
+
+__all__ = ["verify", "VerificationReport"]
+
+_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """``ok`` is True when ``violations`` is empty; ``checks`` names what was checked."""
+
+    ok: bool
+    violations: tuple[str, ...]
+    checks: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=_TOL, abs_tol=1e-9)
+
+
+def verify(problem: Any, solution: Solution) -> VerificationReport:
+    """Check ``solution`` against ``problem``.
+
+    Examples
+    --------
+    >>> import numpy as np, repurpose_opt as ro
+    >>> net = ro.Network([ro.Dense(np.eye(4)), ro.ReLU(), ro.Dense(np.eye(4))], input_shape=(4,))
+    >>> problem = ro.PartitionProblem(net, ro.Cluster(k=2))
+    >>> ro.verify(problem, ro.solve(problem, backend="direct")).ok
+    True
+    """
+    if not isinstance(solution, Solution):
+        raise InvalidParameterError(f"`solution` must be a repurpose_opt.Solution, got {type(solution).__name__}")
+    if not hasattr(problem, "cluster") or not hasattr(problem, "network"):
+        raise InvalidParameterError(f"`problem` must be a repurpose_opt problem, got {type(problem).__name__}")
+    violations: list[str] = []
+    checks: list[str] = ["status"]
+    status = solution.status
+    if not isinstance(status, Status):
+        return VerificationReport(False, (f"status {status!r} is not a Status",), tuple(checks))
+
+    if not status.has_solution:
+        if solution.assignment is not None:
+            violations.append(f"status {status.value} but an assignment is present")
+        if solution.objective is not None:
+            violations.append(f"status {status.value} but an objective is present")
+        return VerificationReport(not violations, tuple(violations), tuple(checks))
+
+    if solution.assignment is None or solution.objective is None:
+        violations.append(f"status {status.value} without an assignment and an objective")
+        return VerificationReport(False, tuple(violations), tuple(checks))
+
+    cluster, network = problem.cluster, problem.network
+    k = cluster.k
+    solved_net = solution.network if solution.network is not None else network
+    checks.append("placement")
+    try:
+        placements = normalize_assignment(network, list(solution.assignment), k)
+    except RepurposeError as exc:
+        violations.append(f"assignment is malformed: {exc}")
+        return VerificationReport(False, tuple(violations), tuple(checks))
+
+    checks.append("input placement")
+    mode = problem.input_mode
+    first = placements[0]
+    if mode == "replicated" and not np.all(first == REPLICATED):
+        violations.append("input placement must be replicated (all -1)")
+    if mode == "fixed" and not np.array_equal(first, problem.input_placement):
+        violations.append("input placement differs from the fixed input placement")
+    if mode != "replicated" and np.any(first == REPLICATED):
+        violations.append(f"input placement is {mode} but the solution replicates the input")
+
+    checks.append("balance")
+    for l, (placement, cap) in enumerate(zip(placements, problem.capacities)):
+        if cap is None:
+            continue
+        load = np.bincount(placement, minlength=k)
+        over = np.flatnonzero(load > cap)
+        for worker in over:
+            violations.append(f"layer {l}: worker {worker} holds {load[worker]} units, capacity {cap[worker]}")
+
+    checks.append("topology")
+    violations += _topology_violations(network, solved_net, type(problem).__name__ == "PartitionProblem")
+
+    checks.append("simulator recount")
+    report = simulate(solved_net, list(placements), cluster, output=problem.output, input_placement=problem.input_placement)
+    objective = problem.objective_value(report)
+    if not _close(objective, solution.objective):
+        violations.append(f"objective {solution.objective!r} differs from the simulator's recount {objective!r}")
+    if solution.report is not None and not _close(solution.report.comm_scalars, report.comm_scalars):
+        violations.append("the stored report's volume differs from the simulator's recount")
+
+    checks.append("capacities")
+    if cluster.flops_capacity is not None:
+        for worker in np.flatnonzero(report.flops > cluster.flops_capacity * (1 + 1e-12)):
+            violations.append(f"worker {worker} needs {report.flops[worker]:.6g} FLOPs, capacity {cluster.flops_capacity[worker]:.6g}")
+    if cluster.param_capacity is not None:
+        for worker in np.flatnonzero(report.params > cluster.param_capacity * (1 + 1e-12)):
+            violations.append(f"worker {worker} holds {report.params[worker]} parameters, capacity {cluster.param_capacity[worker]:.6g}")
+
+    checks.append("bound")
+    bound = solution.bound
+    if bound is not None:
+        if bound > objective and not _close(bound, objective):
+            violations.append(f"bound {bound!r} is above the objective {objective!r}")
+        if status is Status.OPTIMAL and not _close(bound, objective):
+            violations.append(f"status OPTIMAL but bound {bound!r} does not match the objective {objective!r}")
+    elif status is Status.OPTIMAL:
+        violations.append("status OPTIMAL without a bound")
+
+    extra = getattr(problem, "extra_violations", None)
+    if extra is not None:
+        checks.append("problem-specific")
+        violations += list(extra(solution, report))
+    return VerificationReport(not violations, tuple(violations), tuple(checks))
+
+
+def _topology_violations(original: Any, solved: Any, weights_fixed: bool) -> list[str]:
+    out = []
+    if len(original.layers) != len(solved.layers) or original.input_shape != solved.input_shape:
+        return ["the solution's network does not have the problem network's topology"]
+    for position, (a, b) in enumerate(zip(original.layers, solved.layers)):
+        if type(a) is not type(b) or a.to_config() != b.to_config():
+            out.append(f"layer {position} differs in type or configuration")
+        elif a.is_linear:
+            if a.W.shape != b.W.shape:
+                out.append(f"layer {position}: weight shape {b.W.shape} differs from {a.W.shape}")
+            elif weights_fixed and (not np.array_equal(a.W, b.W) or not np.array_equal(a.b, b.b)):
+                out.append(f"layer {position}: weights changed, but a partition problem keeps them fixed")
+    return out
