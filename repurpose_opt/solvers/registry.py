@@ -8,6 +8,7 @@ also loaded only when asked for.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -21,6 +22,12 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "bruteforce": "repurpose_opt.solvers.bruteforce:BruteForceBackend",
     "direct": "repurpose_opt.solvers.direct:DirectBackend",
     "random": "repurpose_opt.solvers.random_placement:RandomBackend",
+    "greedy": "repurpose_opt.solvers.greedy:GreedyBackend",
+    "munkres": "repurpose_opt.solvers.munkres:MunkresBackend",
+    "ortools": "repurpose_opt.solvers.ortools_cpsat:OrtoolsBackend",
+    "cvxpy": "repurpose_opt.solvers.cvxpy_milp:CvxpyBackend",
+    "hypergraph": "repurpose_opt.solvers.hypergraph:HypergraphBackend",
+    "repurpose": "repurpose_opt.solvers.repurpose:RepurposeBackend",
 }
 
 #: What ``backend="auto"`` tries, per problem type, first usable wins (fast and good first).
@@ -38,16 +45,21 @@ def _plugins() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=_PLUGIN_GROUP) if ep.name not in BUILTIN_BACKENDS}
 
 
+def _shipped(name: str) -> bool:
+    # A built-in is listed only when its module is part of this install (found, not imported).
+    return importlib.util.find_spec(BUILTIN_BACKENDS[name].split(":")[0]) is not None
+
+
 def backend_names() -> list[str]:
     """Every known backend name: built-ins in preference order, then plug-ins."""
-    return list(BUILTIN_BACKENDS) + sorted(_plugins())
+    return [name for name in BUILTIN_BACKENDS if _shipped(name)] + sorted(_plugins())
 
 
 def get_backend(name: str) -> type[Backend]:
     """The backend class called ``name`` (imports our module, never the native library)."""
     if name in _cache:
         return _cache[name]
-    if name in BUILTIN_BACKENDS:
+    if name in BUILTIN_BACKENDS and _shipped(name):
         module_name, class_name = BUILTIN_BACKENDS[name].split(":")
         cls = getattr(importlib.import_module(module_name), class_name)
     else:
