@@ -1,5 +1,6 @@
 """Problem definitions (SPEC §3): frozen, validated on construction, holding no solver objects."""
 
 from .partition import PartitionProblem
+from .restructure import RestructureProblem
 
-__all__ = ["PartitionProblem"]
+__all__ = ["PartitionProblem", "RestructureProblem"]

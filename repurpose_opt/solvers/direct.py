@@ -21,15 +21,25 @@ class DirectBackend(Backend):
     problem_types = ("PartitionProblem", "RestructureProblem")
 
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
-        cluster = problem.cluster
-        first = fixed_input(problem)
-        if first is None:
-            first = contiguous_placement(block_sizes(problem.network.unit_counts[0], cluster.speed, problem.capacities[0]))
-        assignment = (first,) + tuple(
-            contiguous_placement(block_sizes(n, cluster.speed, cap))
-            for n, cap in zip(problem.network.unit_counts[1:], problem.capacities[1:])
-        )
+        if type(problem).__name__ == "RestructureProblem":
+            # The paper's "sparse implementation": contiguous placement, then the shared ℓ0 adjustment.
+            from .restructure_engine import run_cascade
+
+            plan = self._split(problem)
+            return run_cascade(problem, plan[0], lambda ctx: [plan[ctx.l]], time_limit=time_limit, name="direct")
+        assignment = self._split(problem)
         violation = extra_capacity_violation(problem, assignment)
         if violation is not None:
             return BackendResult(Status.NO_SOLUTION, message=f"the contiguous split is not feasible: {violation}")
         return BackendResult(Status.FEASIBLE, assignment, message="contiguous split")
+
+    @staticmethod
+    def _split(problem: Any) -> tuple:
+        cluster = problem.cluster
+        first = fixed_input(problem)
+        if first is None:
+            first = contiguous_placement(block_sizes(problem.network.unit_counts[0], cluster.speed, problem.capacities[0]))
+        return (first,) + tuple(
+            contiguous_placement(block_sizes(n, cluster.speed, cap))
+            for n, cap in zip(problem.network.unit_counts[1:], problem.capacities[1:])
+        )

@@ -1,0 +1,176 @@
+"""The ℓ0 adjustment step: which remote (input unit, worker) pairs to open, and the refit.
+
+With the placement of a layer fixed, worker k holds its local input units for free; opening a remote pair
+(j, k) costs ``s_{l-1}`` scalars per sample and lets every unit on k read input unit j. :func:`prune_layer`
+opens pairs by group orthogonal matching pursuit: at every step the pair with the largest error reduction
+(all pairs cost the same ``s_{l-1}``, so this is the best reduction per scalar sent), with least-squares
+refits through :class:`~repurpose_opt.lsq.WorkerFit` (shared Gram, block-Cholesky updates). In tolerance
+mode it stops as soon as ``||T − Ŵ Φ||_F ≤ tolerance · ||T||_F`` and then runs a backward-elimination pass
+that drops the pairs no longer needed; in budget mode it opens at most ``max_pairs`` pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve
+
+from .lsq import LayerData, WorkerFit
+
+__all__ = ["PruneResult", "prune_layer", "minimum_error", "local_fits"]
+
+
+@dataclass(frozen=True, eq=False)
+class PruneResult:
+    """Outcome of one layer's adjustment.
+
+    ``opened`` lists the remote pairs ``(input unit, worker)``; ``coef`` is the refit (n_out, F+1) with
+    the bias last; errors are squared Frobenius norms on the calibration data.
+    """
+
+    opened: tuple[tuple[int, int], ...]
+    coef: np.ndarray
+    error: float
+    energy: float
+    feasible: bool
+
+    @property
+    def relative_error(self) -> float:
+        return float(np.sqrt(self.error / self.energy)) if self.energy > 0 else 0.0
+
+
+def minimum_error(data: LayerData) -> float:
+    """Smallest squared error any support can reach: every worker reads every input unit."""
+    factor = cho_factor(data.G, lower=True)
+    fitted = np.einsum("if,if->", data.C, cho_solve(factor, data.C.T).T)
+    return max(float(data.target_energy.sum() - fitted), 0.0)
+
+
+def local_fits(data: LayerData, in_placement: np.ndarray | None, out_placement: np.ndarray, k: int) -> list[WorkerFit | None]:
+    """One fit per worker over its local input units (all of them when the input is replicated)."""
+    fits: list[WorkerFit | None] = []
+    all_groups = np.arange(data.n_groups)
+    for worker in range(k):
+        rows = np.flatnonzero(out_placement == worker)
+        if rows.size == 0:
+            fits.append(None)
+            continue
+        local = all_groups if in_placement is None else np.flatnonzero(in_placement == worker)
+        fits.append(WorkerFit(data, rows, local))
+    return fits
+
+
+def prune_layer(
+    data: LayerData,
+    in_placement: np.ndarray | None,
+    out_placement: np.ndarray,
+    k: int,
+    *,
+    target_error: float | None = None,
+    max_pairs: int | None = None,
+    allowed: np.ndarray | None = None,
+    backward: bool = True,
+) -> PruneResult:
+    """Open remote pairs until the squared error is at most ``target_error`` (or ``max_pairs`` are open).
+
+    Parameters
+    ----------
+    data : LayerData
+        The layer's Gram and correlations (:func:`repurpose_opt.lsq.layer_data`).
+    in_placement : int array or None
+        Worker of each input unit; ``None`` when every worker holds the whole input.
+    out_placement : int array
+        Worker of each unit of this layer.
+    target_error : float, optional
+        Squared Frobenius error to reach (tolerance mode).
+    max_pairs : int, optional
+        Most pairs to open (budget mode); the error is minimised greedily within it.
+    allowed : bool array (n_inputs, k), optional
+        Pairs that may be opened (defaults to every remote pair).
+    backward : bool
+        In tolerance mode, drop opened pairs that are no longer needed.
+
+    Examples
+    --------
+    >>> import numpy as np, repurpose_opt as ro
+    >>> from repurpose_opt.lsq import layer_data
+    >>> rng = np.random.default_rng(0)
+    >>> net = ro.Network([ro.Dense(rng.normal(size=(4, 4)))], input_shape=(4,))
+    >>> X = rng.normal(size=(50, 4)); trace = net.trace(X)
+    >>> data = layer_data(net, 1, trace.activations[0], trace.pre_activations[0])
+    >>> result = prune_layer(data, np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), 2, target_error=0.0)
+    >>> len(result.opened), result.relative_error < 1e-6
+    (4, True)
+    """
+    fits = local_fits(data, in_placement, out_placement, k)
+    energy = float(data.target_energy.sum())
+    opened: list[tuple[int, int]] = []
+    if in_placement is not None:
+        remote = in_placement[:, None] != np.arange(k)[None, :]
+        if allowed is not None:
+            remote &= allowed
+        candidates = [np.flatnonzero(remote[:, w]) if fits[w] is not None else np.zeros(0, dtype=np.int64) for w in range(k)]
+        gains = [fits[w].gains(candidates[w]) if fits[w] is not None else np.zeros(0) for w in range(k)]
+
+        def total() -> float:
+            return sum(fit.error for fit in fits if fit is not None)
+
+        while True:
+            current = total()
+            if target_error is not None and current <= target_error:
+                break
+            if max_pairs is not None and len(opened) >= max_pairs:
+                break
+            best_worker, best_pos, best_gain = -1, -1, 0.0
+            for w in range(k):
+                if gains[w].size:
+                    pos = int(np.argmax(gains[w]))
+                    if gains[w][pos] > best_gain:
+                        best_worker, best_pos, best_gain = w, pos, float(gains[w][pos])
+            # Stop when nothing measurably reduces the error (numerical floor of the fit).
+            if best_worker < 0 or best_gain <= 1e-13 * max(energy, 1e-300):
+                break
+            group = int(candidates[best_worker][best_pos])
+            fits[best_worker].add(group)
+            opened.append((group, best_worker))
+            candidates[best_worker] = np.delete(candidates[best_worker], best_pos)
+            gains[best_worker] = fits[best_worker].gains(candidates[best_worker])
+
+        if backward and target_error is not None and opened:
+            opened = _backward_elimination(fits, opened, target_error, in_placement)
+
+    coef = np.zeros((data.C.shape[0], data.n_features))
+    for fit in fits:
+        if fit is not None:
+            coef[fit.rows] = fit.coefficients()
+    error = sum(fit.error for fit in fits if fit is not None)
+    feasible = target_error is None or error <= target_error
+    return PruneResult(opened=tuple(opened), coef=coef, error=error, energy=energy, feasible=feasible)
+
+
+def _backward_elimination(fits: list[WorkerFit | None], opened: list[tuple[int, int]], target: float,
+                          in_placement: np.ndarray) -> list[tuple[int, int]]:
+    """Drop, cheapest first, opened pairs whose removal keeps the error within ``target``."""
+    opened = list(opened)
+    while opened:
+        current = sum(fit.error for fit in fits if fit is not None)
+        best = None
+        for worker, fit in enumerate(fits):
+            if fit is None:
+                continue
+            mine = [g for g, w in opened if w == worker]
+            if not mine:
+                continue
+            losses = fit.removal_losses(mine)
+            pos = int(np.argmin(losses))
+            if best is None or losses[pos] < best[0]:
+                best = (float(losses[pos]), worker, mine[pos])
+        if best is None or current + best[0] > target:
+            break
+        _, worker, group = best
+        fit = fits[worker]
+        keep = [g for g in fit.groups if g != group]
+        fit.reset(np.asarray(keep, dtype=np.int64))
+        opened.remove((group, worker))
+    return opened

@@ -1,0 +1,238 @@
+"""The cascade that every engine uses on a RestructureProblem: place a layer, then the ℓ0 adjustment.
+
+Layer by layer (l = 1..L), with π_{l-1} and the restructured inputs X̂_{l-1} known, a *placer* proposes
+candidate placements of layer l; each is adjusted by :func:`~repurpose_opt.pruning.prune_layer` against the
+original pre-activations Z_l (cascade), and the candidate that needs the least communication (then the
+smallest error) is kept. X̂_l is then computed with the adjusted weights. Baselines and the full method
+differ only in their placer, so they are measured on the same meter.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ..lsq import LayerData, layer_data
+from ..pruning import PruneResult, minimum_error, prune_layer
+from ..solution import Status
+from .base import BackendResult
+from .placement import block_sizes, contiguous_placement, fixed_input
+
+__all__ = ["LayerContext", "run_cascade", "capacitated_assignment", "importance_chain", "residual_costs"]
+
+
+@dataclass
+class LayerContext:
+    """What a placer knows when it places layer ``l``."""
+
+    l: int
+    data: LayerData
+    in_placement: np.ndarray | None  # None: replicated input
+    capacity: np.ndarray
+    k: int
+    target_error: float | None
+    max_pairs: int | None
+
+
+Placer = Callable[[LayerContext], list[np.ndarray]]
+
+
+def capacitated_assignment(cost: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Exact min-cost assignment of rows to workers with at most ``capacity[k]`` rows on worker k.
+
+    Hungarian algorithm on the cost matrix with worker k's column repeated ``capacity[k]`` times.
+    """
+    n, k = cost.shape
+    columns = np.repeat(np.arange(k), np.minimum(capacity, n))
+    rows, cols = linear_sum_assignment(cost[:, columns])
+    placement = np.empty(n, dtype=np.int64)
+    placement[rows] = columns[cols]
+    return placement
+
+
+def _group_energy(W: np.ndarray, n_inputs: int, input_power: np.ndarray) -> np.ndarray:
+    """Importance g_ij = Σ over unit j's columns of W_ij² · E[x²] (n_out, n_inputs)."""
+    n_out = W.shape[0]
+    weighted = (W.reshape(n_out, -1) ** 2) * input_power[None, :]
+    return weighted.reshape(n_out, n_inputs, -1).sum(axis=2)
+
+
+def importance_chain(problem: Any, activations: tuple[np.ndarray, ...], sweeps: int = 10) -> list[np.ndarray]:
+    """Placements of every layer that keep the most importance mass local, by alternating assignments.
+
+    Maximises Σ_l Σ_{i,j} g^l_ij·[π_l(i) = π_{l-1}(j)] with g^l_ij = ||W_l[i, j]||²·E[x_j²], each layer
+    re-assigned exactly (capacitated Hungarian) against both its inputs and its consumers, until a sweep
+    changes nothing. Fixed inputs stay; a replicated input exerts no pull.
+    """
+    network, cluster = problem.network, problem.cluster
+    k, L = cluster.k, network.n_layers
+    g = []
+    for l in range(1, L + 1):
+        layer = network.linear_layers[l - 1]
+        structure = network.structure[l - 1]
+        x = activations[l - 1]
+        if structure.kind == "dense":
+            power = np.mean(x.reshape(x.shape[0], -1) ** 2, axis=0)
+        else:  # conv: every kernel tap of channel j sees that channel's mean power
+            kh, kw = layer.W.shape[2:]
+            power = np.repeat(np.mean(x**2, axis=(0, 2)), kh * kw)
+        g.append(_group_energy(layer.W, structure.n_inputs, power))
+    fixed = fixed_input(problem)
+    placements: list[np.ndarray] = []
+    counts = network.unit_counts
+    for l in range(L + 1):
+        if l == 0 and fixed is not None:
+            placements.append(fixed)
+        else:
+            placements.append(contiguous_placement(block_sizes(counts[l], cluster.speed, problem.capacities[l])))
+    input_free = problem.input_mode == "free"
+    for _ in range(sweeps):
+        changed = False
+        for l in range(0 if input_free else 1, L + 1):
+            gain = np.zeros((counts[l], k))
+            if l >= 1 and not (l == 1 and problem.input_mode == "replicated"):
+                prev = placements[l - 1]
+                gain += g[l - 1] @ (prev[:, None] == np.arange(k)[None, :])
+            if l < L:
+                nxt = placements[l + 1]
+                gain += g[l].T @ (nxt[:, None] == np.arange(k)[None, :])
+            if not gain.any():
+                continue
+            new = capacitated_assignment(-gain, problem.capacities[l])
+            if not np.array_equal(new, placements[l]):
+                before = _chain_mass(g, placements, problem)
+                old = placements[l]
+                placements[l] = new
+                if _chain_mass(g, placements, problem) <= before + 1e-12:
+                    placements[l] = old
+                else:
+                    changed = True
+        if not changed:
+            break
+    return placements
+
+
+def _chain_mass(g: list[np.ndarray], placements: list[np.ndarray], problem: Any) -> float:
+    total = 0.0
+    for l in range(1, len(placements)):
+        if l == 1 and problem.input_mode == "replicated":
+            continue
+        same = placements[l][:, None] == placements[l - 1][None, :]
+        total += float(np.sum(g[l - 1] * same))
+    return total
+
+
+def residual_costs(data: LayerData, in_placement: np.ndarray | None, k: int, extra_groups: list[list[int]] | None = None) -> np.ndarray:
+    """c[i, k]: squared residual of refitting unit i from the inputs worker k holds (plus its bias).
+
+    ``extra_groups[k]`` adds opened remote inputs to worker k's support (re-derived costs).
+    """
+    from scipy.linalg import cho_factor, cho_solve
+
+    n_out = data.C.shape[0]
+    cost = np.empty((n_out, k))
+    for worker in range(k):
+        groups = np.arange(data.n_groups) if in_placement is None else np.flatnonzero(in_placement == worker)
+        if extra_groups is not None:
+            groups = np.union1d(groups, np.asarray(extra_groups[worker], dtype=np.int64))
+        support = data.support(groups)
+        factor = cho_factor(data.G[np.ix_(support, support)], lower=True)
+        C_s = data.C[:, support]
+        fitted = np.einsum("is,is->i", C_s, cho_solve(factor, C_s.T).T)
+        cost[:, worker] = np.maximum(data.target_energy - fitted, 0.0)
+    return cost
+
+
+def _score(result: PruneResult) -> tuple[float, float]:
+    return (0.0 if result.feasible else 1.0, len(result.opened), result.error)
+
+
+def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, time_limit: float | None = None,
+                name: str = "") -> BackendResult:
+    """Restructure ``problem`` layer by layer with candidate placements from ``placer``.
+
+    ``first_placement`` is ``assignment[0]`` (all -1 for a replicated input).
+    """
+    started = time.perf_counter()
+    network, cluster = problem.network, problem.cluster
+    k, L = cluster.k, network.n_layers
+    X = problem.calibration
+    original = network.trace(X)
+    x_hat = original.activations[0]
+    placements = [np.asarray(first_placement, dtype=np.int64)]
+    weights = []
+    layer_stats = []
+    budgets = problem.layer_budgets
+    for l in range(1, L + 1):
+        z = original.pre_activations[l - 1]
+        data = layer_data(network, l, x_hat, z)
+        energy = float(data.target_energy.sum())
+        replicated = l == 1 and problem.input_mode == "replicated"
+        in_placement = None if replicated else placements[l - 1]
+        if problem.tolerances is not None:
+            target = (problem.tolerances[l - 1] ** 2) * energy
+            floor = minimum_error(data)
+            if floor > target * (1 + 1e-9) + 1e-300:
+                smallest = float(np.sqrt(floor / energy)) if energy > 0 else 0.0
+                return BackendResult(
+                    Status.INFEASIBLE,
+                    message=(
+                        f"layer {l}: tolerance {problem.tolerances[l - 1]:.4g} cannot be met; the smallest relative "
+                        f"calibration error reachable with every input available is {smallest:.4g}"
+                    ),
+                    stats={"infeasible_layer": l, "smallest_error": smallest},
+                )
+            max_pairs = None
+        else:
+            target = None
+            max_pairs = int(np.floor(budgets[l - 1] / network.structure[l - 1].in_message_size + 1e-9))
+        context = LayerContext(l, data, in_placement, problem.capacities[l], k, target, max_pairs)
+        best: tuple[Any, np.ndarray, PruneResult] | None = None
+        tried = 0
+        for candidate in placer(context):
+            result = prune_layer(data, in_placement, candidate, k, target_error=target, max_pairs=max_pairs)
+            tried += 1
+            if best is None or _score(result) < best[0]:
+                best = (_score(result), candidate, result)
+        assert best is not None, "a placer must propose at least one placement"
+        _, placement, result = best
+        if target is not None and not result.feasible:
+            # Numerical floor: the greedy fit could not reach a target the full fit reaches; open the rest.
+            result = prune_layer(data, in_placement, placement, k, target_error=0.0, backward=False)
+            if result.error > target * (1 + 1e-6):
+                return BackendResult(Status.NO_SOLUTION, message=f"layer {l}: the adjustment could not reach the tolerance")
+        layer = network.linear_layers[l - 1]
+        W_flat, b = data.weights_to_layer(result.coef)
+        W = W_flat.reshape(layer.W.shape)
+        weights.append((W, b))
+        placements.append(placement)
+        x_hat = network.stage_post(l, network.stage_linear(l, x_hat, weights=(W, b)))
+        layer_stats.append({"layer": l, "pairs": len(result.opened), "relative_error": result.relative_error, "candidates": tried})
+    restructured = network.with_weights(weights)
+    stats = {"layers": layer_stats, "timings": {"cascade": time.perf_counter() - started}}
+    guarantee = _guarantee(problem, restructured)
+    return BackendResult(Status.FEASIBLE, tuple(placements), network=restructured, guarantee=guarantee,
+                         message=f"{name} placement + ℓ0 adjustment (cascade)", stats=stats)
+
+
+def _guarantee(problem: Any, restructured: Any) -> Any:
+    try:
+        from ..guarantee import compute_guarantee
+    except ImportError:  # pragma: no cover - the guarantee module ships with the package
+        return None
+    return compute_guarantee(problem.network, restructured, calibration=problem.calibration, tolerances=problem.tolerances)
+
+
+def first_layer_placement(problem: Any, chosen: np.ndarray | None = None) -> np.ndarray:
+    """``assignment[0]``: replicated (-1s), the fixed array, or ``chosen`` when the input is free."""
+    fixed = fixed_input(problem)
+    if fixed is not None:
+        return fixed
+    if chosen is None:
+        raise ValueError("a free input needs a chosen placement")
+    return np.asarray(chosen, dtype=np.int64)
+
