@@ -18,7 +18,7 @@ from .errors import (
 )
 from .layers import AvgPool2d, Conv2d, Dense, Flatten, Identity, MaxPool2d, ReLU, Sigmoid, Tanh
 from .network import LayerStructure, Network
-from .problems import PartitionProblem, RestructureProblem
+from .problems import PartitionProblem, PruningProblem, RestructureProblem
 from .simulator import SimulationReport, simulate
 from .solution import Solution, Status, load_solution, save_solution
 from .solvers.registry import list_backends
@@ -42,6 +42,7 @@ __all__ = [
     "MaxPool2d",
     "Network",
     "PartitionProblem",
+    "PruningProblem",
     "ReLU",
     "RestructureProblem",
     "RepurposeError",

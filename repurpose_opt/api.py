@@ -117,7 +117,7 @@ def _finish(problem: Any, name: str, result: BackendResult, seed: int | None) ->
         if assignment is None:
             raise SolverError(f"backend {name!r} reported {status.value} without an assignment")
         report = simulate(network, list(assignment), problem.cluster, output=problem.output, input_placement=problem.input_placement)
-        objective = problem.objective_value(report)
+        objective = problem.objective_value(report, network)
         if result.objective is not None and not _close(result.objective, objective):
             raise SolverError(
                 f"backend {name!r} reported objective {result.objective!r} but the simulator measures {objective!r}"

@@ -24,8 +24,10 @@ from scipy.linalg import cho_solve, cholesky, solve_triangular
 __all__ = ["LayerData", "WorkerFit", "layer_data"]
 
 # Relative ridge added to the Gram diagonal only to keep Cholesky factors well defined on collinear
-# features (constant or duplicated activations are common after ReLU); small enough not to bias fits.
-RIDGE = 1e-9
+# features (duplicated activations are common after ReLU). The perturbation of a fit is about
+# RIDGE·cond(G), so it is kept tiny; features that are identically zero on the calibration data get a
+# full unit of ridge instead (their weight is then exactly 0 and they are never worth opening).
+RIDGE = 1e-12
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,8 +102,9 @@ def layer_data(network, l: int, x_units: np.ndarray, z_target: np.ndarray) -> La
     phi = np.hstack([phi, ones])
     G_exact = phi.T @ phi
     G = G_exact.copy()
-    scale = float(np.mean(np.diag(G_exact))) or 1.0
-    G[np.diag_indices_from(G)] += RIDGE * scale
+    diag = np.diag(G_exact)
+    scale = float(np.mean(diag)) or 1.0
+    G[np.diag_indices_from(G)] += np.where(diag <= 1e-12 * scale, scale, RIDGE * scale)
     C = T.T @ phi
     group_size = (phi.shape[1] - 1) // structure.n_inputs
     return LayerData(
@@ -113,6 +116,18 @@ def layer_data(network, l: int, x_units: np.ndarray, z_target: np.ndarray) -> La
         n_groups=structure.n_inputs,
         kind=structure.kind,
     )
+
+
+def _robust_cholesky(matrix: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor, adding diagonal jitter only if round-off made the matrix indefinite."""
+    jitter = 0.0
+    scale = float(np.mean(np.diag(matrix))) if matrix.size else 1.0
+    for _ in range(8):
+        try:
+            return cholesky(matrix + jitter * np.eye(matrix.shape[0]), lower=True)
+        except np.linalg.LinAlgError:
+            jitter = max(jitter * 100, 1e-12 * scale)
+    raise np.linalg.LinAlgError("Gram block is not positive definite even with jitter")
 
 
 class WorkerFit:
@@ -131,8 +146,7 @@ class WorkerFit:
         data = self.data
         self.groups = [int(g) for g in groups]
         self.support = data.support(np.asarray(self.groups, dtype=np.int64))
-        G_ss = data.G[np.ix_(self.support, self.support)]
-        self.L = cholesky(G_ss, lower=True)
+        self.L = _robust_cholesky(data.G[np.ix_(self.support, self.support)])
         self.B = solve_triangular(self.L, data.G[self.support, :], lower=True)
         self.Q = solve_triangular(self.L, self.C[:, self.support].T, lower=True).T
         self.R = self.C - self.Q @ self.B

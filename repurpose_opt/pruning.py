@@ -174,3 +174,123 @@ def _backward_elimination(fits: list[WorkerFit | None], opened: list[tuple[int, 
         fit.reset(np.asarray(keep, dtype=np.int64))
         opened.remove((group, worker))
     return opened
+
+
+# ------------------------------------------------------------------------------------------------------
+# PruningProblem solvers, shared by the backends that accept a PruningProblem.
+
+
+def _pruning_result(problem, coef: np.ndarray, opened, status, message: str, bound=None, stats=None):
+    from .solvers.base import BackendResult
+
+    network = problem.result_network(coef)
+    return BackendResult(status, problem.assignment(), bound=bound, network=network, message=message,
+                         stats={"opened_pairs": [list(p) for p in opened], **(stats or {})})
+
+
+def solve_pruning_greedy(problem) -> "BackendResult":  # noqa: F821 - imported lazily
+    """Group OMP + backward elimination on a PruningProblem (status FEASIBLE, or INFEASIBLE if the
+    tolerance is below what reading every input can reach)."""
+    from .solution import Status
+    from .solvers.base import BackendResult
+
+    data = problem.layer_data
+    energy = float(data.target_energy.sum())
+    if problem.tolerance is not None:
+        target = problem.tolerance**2 * energy
+        floor = minimum_error(data)
+        if floor > target * (1 + 1e-9) + 1e-300:
+            smallest = float(np.sqrt(floor / energy)) if energy > 0 else 0.0
+            return BackendResult(Status.INFEASIBLE, message=f"tolerance {problem.tolerance:.4g} cannot be met; the smallest relative error reachable is {smallest:.4g}")
+        result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target)
+        if not result.feasible:
+            result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=0.0, backward=False)
+    else:
+        result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, max_pairs=problem.max_pairs)
+    return _pruning_result(problem, result.coef, result.opened, Status.FEASIBLE, "group OMP + backward elimination")
+
+
+def exact_pair_table(data: LayerData, in_placement, out_placement, k: int, max_subsets: int):
+    """Per worker, the least error with exactly t remote pairs open (t = 0..|candidates|), by enumeration."""
+    from itertools import combinations
+
+    fits = local_fits(data, in_placement, out_placement, k)
+    tables, choices = [], []
+    for worker, fit in enumerate(fits):
+        if fit is None or in_placement is None:
+            tables.append(np.array([fit.error if fit is not None else 0.0]))
+            choices.append([()])
+            continue
+        local = list(np.flatnonzero(in_placement == worker))
+        candidates = list(np.flatnonzero(in_placement != worker))
+        if 2 ** len(candidates) > max_subsets:
+            raise ValueError(f"worker {worker} has {len(candidates)} candidate pairs: 2^{len(candidates)} subsets exceed {max_subsets}")
+        best = np.full(len(candidates) + 1, np.inf)
+        pick: list[tuple] = [()] * (len(candidates) + 1)
+        for size in range(len(candidates) + 1):
+            for subset in combinations(candidates, size):
+                fit.reset(np.asarray(local + list(subset), dtype=np.int64))
+                if fit.error < best[size]:
+                    best[size], pick[size] = fit.error, subset
+        tables.append(best)
+        choices.append(pick)
+    return tables, choices
+
+
+def solve_pruning_exact(problem, max_subsets: int = 1 << 14) -> "BackendResult":  # noqa: F821
+    """Exact PruningProblem by enumeration: the error separates by worker, so per-worker tables of the
+    best error with t pairs are combined by a DP over the total number of pairs."""
+    from .solution import Status
+    from .solvers.base import BackendResult
+
+    data = problem.layer_data
+    tables, choices = exact_pair_table(data, problem.in_placement, problem.output_placement, problem.k, max_subsets)
+    # combined[c] = least total error with c pairs; keep argmins for the reconstruction.
+    combined = np.array([0.0])
+    picks: list[np.ndarray] = []
+    for table in tables:
+        size = combined.size + table.size - 1
+        total = np.full((combined.size, table.size), np.inf)
+        total[:, :] = combined[:, None] + table[None, :]
+        new = np.full(size, np.inf)
+        arg = np.zeros(size, dtype=np.int64)
+        for c in range(combined.size):
+            row = total[c]
+            better = row < new[c : c + table.size]
+            new[c : c + table.size][better] = row[better]
+            arg[c : c + table.size][better] = np.arange(table.size)[better]
+        picks.append(arg)
+        combined = new
+    energy = float(data.target_energy.sum())
+    if problem.tolerance is not None:
+        ok = np.flatnonzero(combined <= problem.tolerance**2 * energy)
+        if ok.size == 0:
+            return BackendResult(Status.INFEASIBLE, message="no set of pairs reaches the tolerance (proven by enumeration)")
+        count = int(ok[0])
+    else:
+        count = int(np.argmin(combined[: (problem.max_pairs or 0) + 1]))
+    per_worker = []
+    for table, arg in zip(reversed(tables), reversed(picks)):
+        t = int(arg[count])
+        per_worker.append(t)
+        count -= t
+    per_worker.reverse()
+    opened = []
+    fits = local_fits(data, problem.in_placement, problem.output_placement, problem.k)
+    coef = np.zeros((data.C.shape[0], data.n_features))
+    for worker, (fit, t) in enumerate(zip(fits, per_worker)):
+        if fit is None:
+            continue
+        subset = list(choices[worker][t])
+        if problem.in_placement is not None:
+            fit.reset(np.asarray(list(np.flatnonzero(problem.in_placement == worker)) + subset, dtype=np.int64))
+        coef[fit.rows] = fit.coefficients()
+        opened += [(int(j), worker) for j in subset]
+    network = problem.result_network(coef)
+    from .simulator import simulate
+
+    # The bound is the optimum of the enumerated problem, recounted on the same meter as the objective.
+    report = simulate(network, list(problem.assignment()), problem.cluster, output="distributed")
+    value = problem.objective_value(report, network)
+    return BackendResult(Status.OPTIMAL, problem.assignment(), bound=value, network=network,
+                         message="exhaustive over pair subsets", stats={"opened_pairs": [list(p) for p in opened]})

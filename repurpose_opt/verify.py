@@ -105,7 +105,7 @@ def verify(problem: Any, solution: Solution) -> VerificationReport:
 
     checks.append("simulator recount")
     report = simulate(solved_net, list(placements), cluster, output=problem.output, input_placement=problem.input_placement)
-    objective = problem.objective_value(report)
+    objective = problem.objective_value(report, solved_net)
     if not _close(objective, solution.objective):
         violations.append(f"objective {solution.objective!r} differs from the simulator's recount {objective!r}")
     if solution.report is not None and not _close(solution.report.comm_scalars, report.comm_scalars):

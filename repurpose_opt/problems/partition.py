@@ -76,7 +76,7 @@ class PartitionProblem:
         """Max units per worker in each layer (index 0 is the input; ``None`` unless it is free)."""
         return layer_capacities(self.network, self.cluster, self.imbalance, self.input_mode == "free")
 
-    def objective_value(self, report: Any) -> float:
+    def objective_value(self, report: Any, network: Any = None) -> float:
         """The objective of a :class:`~repurpose_opt.SimulationReport` in problem units."""
         return float(report.comm_scalars if self.objective == "volume" else report.latency)
 

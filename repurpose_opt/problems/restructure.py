@@ -145,7 +145,7 @@ class RestructureProblem:
         share = all_to_all / all_to_all.sum() if all_to_all.sum() > 0 else np.zeros_like(all_to_all)
         return tuple(float(v) for v in spare * share)
 
-    def objective_value(self, report: Any) -> float:
+    def objective_value(self, report: Any, network: Any = None) -> float:
         return float(report.comm_scalars)
 
     def extra_violations(self, solution: Any, report: Any) -> list[str]:

@@ -70,7 +70,7 @@ class BruteForceBackend(Backend):
 
     name = "bruteforce"
     description = "exhaustive enumeration + exact chain DP (tiny instances only): the oracle"
-    problem_types = ("PartitionProblem",)
+    problem_types = ("PartitionProblem", "PruningProblem")
     exact = True
     options = {
         "max_pairs": Option(4_000_000, "refuse when Σ_l |S_{l-1}|·|S_l| placement pairs exceeds this"),
@@ -92,6 +92,13 @@ class BruteForceBackend(Backend):
         reason = super().can_solve(problem)
         if reason is not None:
             return reason
+        if type(problem).__name__ == "PruningProblem":
+            if problem.in_placement is None:
+                return None
+            widest = int(max(np.sum(problem.in_placement != w) for w in range(problem.k)))
+            if widest > 14:
+                return f"too large for exhaustive enumeration: a worker has {widest} candidate pairs (2^{widest} subsets; limit 2^14)"
+            return None
         sizes = self._layer_sizes(problem)
         limits = self.options
         biggest = max(sizes)
@@ -108,6 +115,10 @@ class BruteForceBackend(Backend):
 
     # ------------------------------------------------------------------------------------------- solve
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
+        if type(problem).__name__ == "PruningProblem":
+            from ..pruning import solve_pruning_exact
+
+            return solve_pruning_exact(problem)
         sizes = self._layer_sizes(problem)
         if max(sizes) > options["max_layer_states"] or sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) > options["max_pairs"]:
             return BackendResult(Status.NO_SOLUTION, message=f"instance exceeds the options' limits ({sizes} placements per layer)")
