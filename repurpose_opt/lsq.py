@@ -19,23 +19,29 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.linalg import cho_solve, cholesky, solve_triangular
+from scipy.linalg import cholesky, solve_triangular
 
 __all__ = ["LayerData", "WorkerFit", "layer_data"]
 
-# Relative ridge added to the Gram diagonal only to keep Cholesky factors well defined on collinear
-# features (duplicated activations are common after ReLU). The perturbation of a fit is about
-# RIDGE·cond(G), so it is kept tiny; features that are identically zero on the calibration data get a
-# full unit of ridge instead (their weight is then exactly 0 and they are never worth opening).
-RIDGE = 1e-12
+# Refits are regularised toward the original weights w₀: min ||T − Φw||² + ρ·||w − w₀||², i.e. the same
+# least squares with G + ρI and C + ρ·W₀. Directions the calibration data does not excite (constant
+# pixels, collinear activations) then keep their original weights instead of drifting, which is what
+# makes a refit generalise beyond the calibration set; a layer whose inputs are all available is
+# reproduced exactly (C = G·w₀ there). ρ is relative to the mean diagonal of G. Because the penalty is
+# non-negative, the regularised error is an upper bound of the plain error, so stopping on it never
+# breaks a tolerance.
+DEFAULT_RIDGE = 1e-3
+# Floor on ρ so Cholesky factors stay defined on rank-deficient Grams even with ridge=0.
+STABILIZER = 1e-12
 
 
 @dataclass(frozen=True, eq=False)
 class LayerData:
     """Everything a layer's refit needs, computed once.
 
-    ``G`` (F+1, F+1) and ``C`` (n_out, F+1) include the bias as the last feature; ``groups[j]`` are the
-    feature indices of input unit j; ``target_energy[i] = ||T_i||²``; ``G_exact`` is G without ridge.
+    ``G`` (F+1, F+1) and ``C`` (n_out, F+1) include the bias as the last feature and the prior term;
+    ``target_energy[i] = ||T_i||² + ρ||w₀_i||²`` (the regularised error of w = 0); ``data_energy[i] =
+    ||T_i||²``; ``G_exact = ΦᵀΦ``. Group j's features are ``j·group_size .. (j+1)·group_size − 1``.
     """
 
     G: np.ndarray
@@ -45,6 +51,7 @@ class LayerData:
     group_size: int
     n_groups: int
     kind: str
+    data_energy: np.ndarray  # ||T_i||² without the prior term: what tolerances are relative to
 
     @property
     def n_features(self) -> int:
@@ -91,30 +98,33 @@ def targets_matrix(kind: str, z: np.ndarray) -> np.ndarray:
     return z.transpose(0, 2, 3, 1).reshape(-1, z.shape[1])
 
 
-def layer_data(network, l: int, x_units: np.ndarray, z_target: np.ndarray) -> LayerData:
-    """Gram and correlations of linear layer ``l`` fed ``x_units`` (unit form) against targets ``z_target``."""
+def layer_data(network, l: int, x_units: np.ndarray, z_target: np.ndarray, ridge: float = DEFAULT_RIDGE) -> LayerData:
+    """Gram and correlations of linear layer ``l`` fed ``x_units`` (unit form) against ``z_target``.
+
+    The layer's current weights are the prior w₀ of the refit (see ``DEFAULT_RIDGE``).
+    """
     structure = network.structure[l - 1]
     layer = network.linear_layers[l - 1]
     in_shape = network.shapes(l)[0]
     phi = design_matrix(structure.kind, x_units, in_shape, layer)
     T = targets_matrix(structure.kind, z_target)
-    ones = np.ones((phi.shape[0], 1))
-    phi = np.hstack([phi, ones])
+    phi = np.hstack([phi, np.ones((phi.shape[0], 1))])
     G_exact = phi.T @ phi
-    G = G_exact.copy()
-    diag = np.diag(G_exact)
-    scale = float(np.mean(diag)) or 1.0
-    G[np.diag_indices_from(G)] += np.where(diag <= 1e-12 * scale, scale, RIDGE * scale)
-    C = T.T @ phi
-    group_size = (phi.shape[1] - 1) // structure.n_inputs
+    scale = float(np.mean(np.diag(G_exact))) or 1.0
+    rho = max(ridge, STABILIZER) * scale
+    prior = np.hstack([layer.W.reshape(layer.W.shape[0], -1), layer.b[:, None]])
+    G = G_exact + rho * np.eye(G_exact.shape[0])
+    C = T.T @ phi + rho * prior
+    energy = np.einsum("mi,mi->i", T, T) + rho * np.einsum("if,if->i", prior, prior)
     return LayerData(
         G=G,
         G_exact=G_exact,
         C=C,
-        target_energy=np.einsum("mi,mi->i", T, T),
-        group_size=group_size,
+        target_energy=energy,
+        group_size=(phi.shape[1] - 1) // structure.n_inputs,
         n_groups=structure.n_inputs,
         kind=structure.kind,
+        data_energy=np.einsum("mi,mi->i", T, T),
     )
 
 
@@ -146,11 +156,22 @@ class WorkerFit:
         data = self.data
         self.groups = [int(g) for g in groups]
         self.support = data.support(np.asarray(self.groups, dtype=np.int64))
-        self.L = _robust_cholesky(data.G[np.ix_(self.support, self.support)])
-        self.B = solve_triangular(self.L, data.G[self.support, :], lower=True)
-        self.Q = solve_triangular(self.L, self.C[:, self.support].T, lower=True).T
+        L = _robust_cholesky(data.G[np.ix_(self.support, self.support)])
+        size = L.shape[0]
+        # The factor lives in a buffer with spare room so that adding a group copies nothing.
+        self._L = np.zeros((size + 64, size + 64))
+        self._L[:size, :size] = L
+        self._size = size
+        self.B = solve_triangular(L, data.G[self.support, :], lower=True)
+        self.Q = solve_triangular(L, self.C[:, self.support].T, lower=True).T
         self.R = self.C - self.Q @ self.B
         self._remaining = np.diag(data.G) - np.einsum("sf,sf->f", self.B, self.B)
+        self._losses = None
+
+    @property
+    def L(self) -> np.ndarray:
+        """Lower Cholesky factor of ``G[S, S]`` in support order."""
+        return self._L[: self._size, : self._size]
 
     @property
     def error(self) -> float:
@@ -192,27 +213,40 @@ class WorkerFit:
         """Add one group by a block Cholesky update of ``L``, ``B``, ``Q`` and ``R``."""
         data = self.data
         cols = data.group(group)
+        g = cols.size
         B_g = self.B[:, cols]
         schur = data.G[np.ix_(cols, cols)] - B_g.T @ B_g
-        try:
-            D = cholesky(schur, lower=True)
-        except np.linalg.LinAlgError:
-            self.reset(self.groups + [group])
-            return
-        new_B = solve_triangular(D, data.G[cols, :] - B_g.T @ self.B, lower=True)
-        Q_g = solve_triangular(D, self.R[:, cols].T, lower=True).T
-        size = self.L.shape[0]
-        L = np.zeros((size + len(cols), size + len(cols)))
-        L[:size, :size] = self.L
-        L[size:, :size] = B_g.T
-        L[size:, size:] = D
-        self.L = L
+        if g == 1:  # scalar pivot: plain arithmetic beats LAPACK call overhead
+            pivot = float(schur[0, 0])
+            if pivot <= 1e-14 * float(data.G[cols[0], cols[0]]):
+                self.reset(self.groups + [group])
+                return
+            D = np.array([[np.sqrt(pivot)]])
+            new_B = (data.G[cols, :] - B_g.T @ self.B) / D[0, 0]
+            Q_g = self.R[:, cols] / D[0, 0]
+        else:
+            try:
+                D = cholesky(schur, lower=True)
+            except np.linalg.LinAlgError:
+                self.reset(self.groups + [group])
+                return
+            new_B = solve_triangular(D, data.G[cols, :] - B_g.T @ self.B, lower=True)
+            Q_g = solve_triangular(D, self.R[:, cols].T, lower=True).T
+        size = self._size
+        if size + g > self._L.shape[0]:
+            grown = np.zeros((2 * (size + g), 2 * (size + g)))
+            grown[:size, :size] = self._L[:size, :size]
+            self._L = grown
+        self._L[size : size + g, :size] = B_g.T
+        self._L[size : size + g, size : size + g] = D
+        self._size = size + g
         self.B = np.vstack([self.B, new_B])
         self.Q = np.hstack([self.Q, Q_g])
-        self.R = self.R - Q_g @ new_B
-        self._remaining = self._remaining - np.einsum("sf,sf->f", new_B, new_B)
+        self.R -= Q_g @ new_B
+        self._remaining -= np.einsum("sf,sf->f", new_B, new_B)
         self.groups.append(int(group))
         self.support = np.concatenate([self.support, cols])
+        self._losses = None
 
     def coefficients(self) -> np.ndarray:
         """Refit coefficients (rows × (F+1)), zero outside the support."""
@@ -225,13 +259,19 @@ class WorkerFit:
         """Error increase from dropping each of ``groups`` from the support (one inverse, vectorised)."""
         if not groups or self.rows.size == 0:
             return np.zeros(len(groups))
-        inverse = cho_solve((self.L, True), np.eye(self.L.shape[0]))
-        coef = self.Q @ solve_triangular(self.L, np.eye(self.L.shape[0]), lower=True)  # C_S G_SS⁻¹
+        key = tuple(groups)
+        if self._losses is not None and self._losses[0] == key:
+            return self._losses[1]
+        eye = np.eye(self._size)
+        L_inv = solve_triangular(self.L, eye, lower=True)
+        inverse = L_inv.T @ L_inv  # G_SS⁻¹
+        coef = self.Q @ L_inv  # C_S G_SS⁻¹
         position = {int(f): p for p, f in enumerate(self.support)}
         losses = np.zeros(len(groups))
         for idx, group in enumerate(groups):
             where = [position[int(f)] for f in self.data.group(group)]
-            block = inverse[np.ix_(where, where)]
             w = coef[:, where]
-            losses[idx] = float(np.einsum("ra,ab,rb->", w, np.linalg.inv(block), w))
+            # Dropping a group from a least-squares fit costs wᵀ (G⁻¹)_gg⁻¹ w per row.
+            losses[idx] = float(np.einsum("ra,ab,rb->", w, np.linalg.inv(inverse[np.ix_(where, where)]), w))
+        self._losses = (key, losses)
         return losses

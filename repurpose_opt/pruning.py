@@ -18,7 +18,7 @@ from scipy.linalg import cho_factor, cho_solve
 
 from .lsq import LayerData, WorkerFit
 
-__all__ = ["PruneResult", "prune_layer", "minimum_error", "local_fits"]
+__all__ = ["PruneResult", "prune_layer", "minimum_error", "local_fits", "feasible_fit_data", "solve_pruning_greedy", "solve_pruning_exact"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,14 +37,32 @@ class PruneResult:
 
     @property
     def relative_error(self) -> float:
+        """``sqrt(error / ||T||²)``: with a ridge toward w₀ this upper-bounds the plain relative error."""
         return float(np.sqrt(self.error / self.energy)) if self.energy > 0 else 0.0
 
 
 def minimum_error(data: LayerData) -> float:
-    """Smallest squared error any support can reach: every worker reads every input unit."""
+    """Smallest (regularised) squared error any support can reach: every worker reads every input unit."""
     factor = cho_factor(data.G, lower=True)
     fitted = np.einsum("if,if->", data.C, cho_solve(factor, data.C.T).T)
     return max(float(data.target_energy.sum() - fitted), 0.0)
+
+
+def feasible_fit_data(make_data, tolerance: float):
+    """``(data, target, smallest)`` for a tolerance: the regularised fit if it can reach the tolerance,
+    else the plain one if that can, else ``(None, None, smallest reachable relative error)``."""
+    from .lsq import DEFAULT_RIDGE
+
+    smallest = np.inf
+    for ridge in (DEFAULT_RIDGE, 0.0):
+        data = make_data(ridge=ridge)
+        energy = float(data.data_energy.sum())
+        target = tolerance**2 * energy
+        floor = minimum_error(data)
+        if floor <= target * (1 + 1e-9) + 1e-300:
+            return data, target, None
+        smallest = min(smallest, float(np.sqrt(floor / energy)) if energy > 0 else 0.0)
+    return None, None, smallest
 
 
 def local_fits(data: LayerData, in_placement: np.ndarray | None, out_placement: np.ndarray, k: int) -> list[WorkerFit | None]:
@@ -104,7 +122,7 @@ def prune_layer(
     (4, True)
     """
     fits = local_fits(data, in_placement, out_placement, k)
-    energy = float(data.target_energy.sum())
+    energy = float(data.data_energy.sum())
     opened: list[tuple[int, int]] = []
     if in_placement is not None:
         remote = in_placement[:, None] != np.arange(k)[None, :]
@@ -194,13 +212,10 @@ def solve_pruning_greedy(problem) -> "BackendResult":  # noqa: F821 - imported l
     from .solution import Status
     from .solvers.base import BackendResult
 
-    data = problem.layer_data
-    energy = float(data.target_energy.sum())
+    data = problem.fit_data()
     if problem.tolerance is not None:
-        target = problem.tolerance**2 * energy
-        floor = minimum_error(data)
-        if floor > target * (1 + 1e-9) + 1e-300:
-            smallest = float(np.sqrt(floor / energy)) if energy > 0 else 0.0
+        data, target, smallest = feasible_fit_data(problem.fit_data, problem.tolerance)
+        if data is None:
             return BackendResult(Status.INFEASIBLE, message=f"tolerance {problem.tolerance:.4g} cannot be met; the smallest relative error reachable is {smallest:.4g}")
         result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target)
         if not result.feasible:
@@ -243,7 +258,7 @@ def solve_pruning_exact(problem, max_subsets: int = 1 << 14) -> "BackendResult":
     from .solution import Status
     from .solvers.base import BackendResult
 
-    data = problem.layer_data
+    data = problem.fit_data(ridge=0.0)  # the plain least-squares problem, as defined
     tables, choices = exact_pair_table(data, problem.in_placement, problem.output_placement, problem.k, max_subsets)
     # combined[c] = least total error with c pairs; keep argmins for the reconstruction.
     combined = np.array([0.0])
@@ -261,9 +276,8 @@ def solve_pruning_exact(problem, max_subsets: int = 1 << 14) -> "BackendResult":
             arg[c : c + table.size][better] = np.arange(table.size)[better]
         picks.append(arg)
         combined = new
-    energy = float(data.target_energy.sum())
     if problem.tolerance is not None:
-        ok = np.flatnonzero(combined <= problem.tolerance**2 * energy)
+        ok = np.flatnonzero(combined <= problem.tolerance**2 * float(data.data_energy.sum()))
         if ok.size == 0:
             return BackendResult(Status.INFEASIBLE, message="no set of pairs reaches the tolerance (proven by enumeration)")
         count = int(ok[0])

@@ -139,12 +139,16 @@ class PruningProblem:
             return None
         return int(np.floor(self.comm_budget / self.network.structure[0].in_message_size + 1e-9))
 
-    @cached_property
-    def layer_data(self):
-        """Gram matrix and correlations of the fit (computed once per problem)."""
-        from ..lsq import layer_data
+    def fit_data(self, ridge: float | None = None):
+        """Gram matrix and correlations of the refit, regularised toward the layer's weights by ``ridge``
+        (relative; default :data:`repurpose_opt.lsq.DEFAULT_RIDGE`), memoised per ridge."""
+        from ..lsq import DEFAULT_RIDGE, layer_data
 
-        return layer_data(self.network, 1, self.network.to_units(self.inputs), np.asarray(self.targets))
+        ridge = DEFAULT_RIDGE if ridge is None else float(ridge)
+        cache = self.__dict__.setdefault("_fit_data", {})
+        if ridge not in cache:
+            cache[ridge] = layer_data(self.network, 1, self.network.to_units(self.inputs), np.asarray(self.targets), ridge=ridge)
+        return cache[ridge]
 
     @property
     def in_placement(self) -> np.ndarray | None:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from ..pruning import prune_layer
 from .base import Backend, BackendResult, Option
 from .restructure_engine import (
     LayerContext,
@@ -47,8 +46,7 @@ class RepurposeBackend(Backend):
                 placement = capacitated_assignment(residual_costs(ctx.data, ctx.in_placement, ctx.k), ctx.capacity)
                 candidates.append(placement)
                 for _ in range(int(options["rounds"])):
-                    adjusted = prune_layer(ctx.data, ctx.in_placement, placement, ctx.k,
-                                           target_error=ctx.target_error, max_pairs=ctx.max_pairs)
+                    adjusted = ctx.adjust(placement)
                     opened = [[g for g, w in adjusted.opened if w == worker] for worker in range(ctx.k)]
                     cost = residual_costs(ctx.data, ctx.in_placement, ctx.k, extra_groups=opened)
                     placement = capacitated_assignment(cost, ctx.capacity)

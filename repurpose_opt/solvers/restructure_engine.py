@@ -17,7 +17,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..lsq import LayerData, layer_data
-from ..pruning import PruneResult, minimum_error, prune_layer
+from ..lsq import DEFAULT_RIDGE
+from ..pruning import PruneResult, feasible_fit_data, prune_layer
 from ..solution import Status
 from .base import BackendResult
 from .placement import block_sizes, contiguous_placement, fixed_input
@@ -36,6 +37,17 @@ class LayerContext:
     k: int
     target_error: float | None
     max_pairs: int | None
+    _cache: dict = None  # placement bytes -> PruneResult
+
+    def adjust(self, placement: np.ndarray) -> PruneResult:
+        """The ℓ0 adjustment of this layer for ``placement`` (memoised: placers and the cascade share it)."""
+        if self._cache is None:
+            self._cache = {}
+        key = np.asarray(placement, dtype=np.int64).tobytes()
+        if key not in self._cache:
+            self._cache[key] = prune_layer(self.data, self.in_placement, placement, self.k,
+                                           target_error=self.target_error, max_pairs=self.max_pairs)
+        return self._cache[key]
 
 
 Placer = Callable[[LayerContext], list[np.ndarray]]
@@ -152,7 +164,7 @@ def _score(result: PruneResult) -> tuple[float, float]:
 
 
 def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, time_limit: float | None = None,
-                name: str = "") -> BackendResult:
+                name: str = "", ridge: float = DEFAULT_RIDGE) -> BackendResult:
     """Restructure ``problem`` layer by layer with candidate placements from ``placer``.
 
     ``first_placement`` is ``assignment[0]`` (all -1 for a replicated input).
@@ -169,15 +181,15 @@ def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, ti
     budgets = problem.layer_budgets
     for l in range(1, L + 1):
         z = original.pre_activations[l - 1]
-        data = layer_data(network, l, x_hat, z)
-        energy = float(data.target_energy.sum())
         replicated = l == 1 and problem.input_mode == "replicated"
         in_placement = None if replicated else placements[l - 1]
+
+        def make_data(ridge: float, l: int = l, x_hat: np.ndarray = x_hat, z: np.ndarray = z) -> LayerData:
+            return layer_data(network, l, x_hat, z, ridge=ridge)
+
         if problem.tolerances is not None:
-            target = (problem.tolerances[l - 1] ** 2) * energy
-            floor = minimum_error(data)
-            if floor > target * (1 + 1e-9) + 1e-300:
-                smallest = float(np.sqrt(floor / energy)) if energy > 0 else 0.0
+            data, target, smallest = feasible_fit_data(make_data, problem.tolerances[l - 1])
+            if data is None:
                 return BackendResult(
                     Status.INFEASIBLE,
                     message=(
@@ -188,13 +200,13 @@ def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, ti
                 )
             max_pairs = None
         else:
-            target = None
+            data, target = make_data(ridge), None
             max_pairs = int(np.floor(budgets[l - 1] / network.structure[l - 1].in_message_size + 1e-9))
         context = LayerContext(l, data, in_placement, problem.capacities[l], k, target, max_pairs)
         best: tuple[Any, np.ndarray, PruneResult] | None = None
         tried = 0
         for candidate in placer(context):
-            result = prune_layer(data, in_placement, candidate, k, target_error=target, max_pairs=max_pairs)
+            result = context.adjust(candidate)
             tried += 1
             if best is None or _score(result) < best[0]:
                 best = (_score(result), candidate, result)
