@@ -248,3 +248,49 @@ def first_layer_placement(problem: Any, chosen: np.ndarray | None = None) -> np.
         raise ValueError("a free input needs a chosen placement")
     return np.asarray(chosen, dtype=np.int64)
 
+
+
+def importance_sparsified(network: Any, activations: tuple[np.ndarray, ...], keep: float) -> Any:
+    """The network with, per layer, only its ``keep`` fraction of most important (unit, input unit) links.
+
+    Importance is ``g_ij = ||W[i, j]||²·E[x_j²]``. A dense network gives a partitioner nothing to work with
+    (every balanced placement has the same volume), so partition engines place this sparsified copy.
+    """
+    weights = []
+    for l, (layer, structure) in enumerate(zip(network.linear_layers, network.structure), start=1):
+        x = activations[l - 1]
+        if structure.kind == "dense":
+            power = np.mean(x.reshape(x.shape[0], -1) ** 2, axis=0)
+        else:
+            kh, kw = layer.W.shape[2:]
+            power = np.repeat(np.mean(x**2, axis=(0, 2)), kh * kw)
+        g = _group_energy(layer.W, structure.n_inputs, power)
+        count = max(1, int(round(keep * g.size)))
+        threshold = np.partition(g.ravel(), g.size - count)[g.size - count]
+        mask = g >= threshold
+        W = layer.W.reshape(structure.n_units, structure.n_inputs, -1) * mask[:, :, None]
+        weights.append((W.reshape(layer.W.shape), layer.b))
+    return network.with_weights(weights)
+
+
+def restructure_with_partitioner(problem: Any, backend: str, *, keep: float = 0.1, time_limit: float | None = None,
+                                 seed: int | None = None, options: dict[str, Any] | None = None) -> BackendResult:
+    """Place ``problem``'s network with a partition ``backend`` (on its importance-sparsified copy), then
+    run the shared ℓ0 adjustment in cascade with that placement."""
+    from ..api import solve
+    from ..problems import PartitionProblem
+
+    started = time.perf_counter()
+    activations = problem.network.trace(problem.calibration).activations
+    sparse = importance_sparsified(problem.network, activations, keep)
+    partition = PartitionProblem(sparse, problem.cluster, input_placement=problem.input_placement,
+                                 output=problem.output, imbalance=problem.imbalance)
+    placed = solve(partition, backend=backend, time_limit=time_limit, seed=seed, options=options)
+    if not placed.status.has_solution:
+        return BackendResult(Status.NO_SOLUTION, message=f"{backend} found no placement: {placed.message}")
+    plan = [np.asarray(p, dtype=np.int64) for p in placed.assignment]
+    result = run_cascade(problem, plan[0], lambda ctx: [plan[ctx.l]], time_limit=time_limit, name=backend)
+    result.stats.setdefault("timings", {})["placement"] = time.perf_counter() - started - result.stats["timings"].get("cascade", 0.0)
+    result.stats["placement_volume_on_sparsified"] = placed.objective
+    result.stats["sparsified_keep"] = keep
+    return result
