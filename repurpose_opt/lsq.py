@@ -158,15 +158,30 @@ class WorkerFit:
         self.support = data.support(np.asarray(self.groups, dtype=np.int64))
         L = _robust_cholesky(data.G[np.ix_(self.support, self.support)])
         size = L.shape[0]
-        # The factor lives in a buffer with spare room so that adding a group copies nothing.
-        self._L = np.zeros((size + 64, size + 64))
-        self._L[:size, :size] = L
+        # L, B and Q live in buffers with spare room, so adding a group appends in place instead of copying.
+        self._size = 0
+        self._reserve(size + 64)
         self._size = size
-        self.B = solve_triangular(L, data.G[self.support, :], lower=True)
-        self.Q = solve_triangular(L, self.C[:, self.support].T, lower=True).T
+        self._L[:size, :size] = L
+        self._B[:size] = solve_triangular(L, data.G[self.support, :], lower=True)
+        self._Q[:, :size] = solve_triangular(L, self.C[:, self.support].T, lower=True).T
         self.R = self.C - self.Q @ self.B
         self._remaining = np.diag(data.G) - np.einsum("sf,sf->f", self.B, self.B)
+        self._fitted = float(np.einsum("rs,rs->", self.Q, self.Q))
         self._losses = None
+
+    def _reserve(self, capacity: int) -> None:
+        size, n_features = self._size, self.data.n_features
+        if size and capacity <= self._L.shape[0]:
+            return
+        L = np.zeros((capacity, capacity))
+        B = np.zeros((capacity, n_features))
+        Q = np.zeros((self.rows.size, capacity))
+        if size:
+            L[:size, :size] = self._L[:size, :size]
+            B[:size] = self._B[:size]
+            Q[:, :size] = self._Q[:, :size]
+        self._L, self._B, self._Q = L, B, Q
 
     @property
     def L(self) -> np.ndarray:
@@ -174,9 +189,19 @@ class WorkerFit:
         return self._L[: self._size, : self._size]
 
     @property
+    def B(self) -> np.ndarray:
+        """``L⁻¹ G[S, :]``."""
+        return self._B[: self._size]
+
+    @property
+    def Q(self) -> np.ndarray:
+        """``C_k[:, S] L⁻ᵀ``; the fitted energy is ``||Q||²``."""
+        return self._Q[:, : self._size]
+
+    @property
     def error(self) -> float:
-        """Squared residual ``Σ_i ||T_i − Φ_S w_i||²`` of these rows (up to the stabilising ridge)."""
-        return max(self.energy - float(np.einsum("rs,rs->", self.Q, self.Q)), 0.0)
+        """Regularised squared residual of these rows (see :data:`DEFAULT_RIDGE`)."""
+        return max(self.energy - self._fitted, 0.0)
 
     def gains(self, candidates: np.ndarray) -> np.ndarray:
         """Error reduction from adding each candidate group (one block-Cholesky step each, vectorised)."""
@@ -186,27 +211,23 @@ class WorkerFit:
         g = self.data.group_size
         if g == 1:
             remaining = np.maximum(self._remaining[candidates], 0.0)
-            corr = np.einsum("rc,rc->c", self.R[:, candidates], self.R[:, candidates])
+            corr = np.einsum("rf,rf->f", self.R, self.R)[candidates]
             with np.errstate(divide="ignore", invalid="ignore"):
-                out = np.where(remaining > 1e-12 * np.diag(self.data.G)[candidates], corr / remaining, 0.0)
-            return out
+                return np.where(remaining > 1e-12 * np.diag(self.data.G)[candidates], corr / remaining, 0.0)
         cols = candidates[:, None] * g + np.arange(g)[None, :]  # (n_c, g)
         B_c = self.B[:, cols]  # (|S|, n_c, g)
         schur = self.data.G[cols[:, :, None], cols[:, None, :]] - np.einsum("sca,scb->cab", B_c, B_c)
         R_c = self.R[:, cols]  # (r, n_c, g)
-        out = np.zeros(candidates.shape[0])
         try:
             chol = np.linalg.cholesky(schur)
-        except np.linalg.LinAlgError:
-            chol = None
-        if chol is not None:
-            # gain = ||R_c D⁻ᵀ||² with D Dᵀ = Schur complement
+            # gain = ||R_c D⁻ᵀ||² with D Dᵀ = the Schur complement of the candidate block
             sol = np.linalg.solve(chol, R_c.transpose(1, 2, 0))  # (n_c, g, r)
             out = np.einsum("cgr,cgr->c", sol, sol)
-        else:  # fall back to per-candidate pseudo-inverse for singular blocks
-            for position in range(candidates.shape[0]):
-                pinv = np.linalg.pinv(schur[position], hermitian=True)
-                out[position] = float(np.einsum("ra,ab,rb->", R_c[:, position], pinv, R_c[:, position]))
+        except np.linalg.LinAlgError:  # a singular block: pseudo-inverse per candidate
+            out = np.array([
+                float(np.einsum("ra,ab,rb->", R_c[:, c], np.linalg.pinv(schur[c], hermitian=True), R_c[:, c]))
+                for c in range(candidates.shape[0])
+            ])
         return np.maximum(out, 0.0)
 
     def add(self, group: int) -> None:
@@ -234,16 +255,15 @@ class WorkerFit:
             Q_g = solve_triangular(D, self.R[:, cols].T, lower=True).T
         size = self._size
         if size + g > self._L.shape[0]:
-            grown = np.zeros((2 * (size + g), 2 * (size + g)))
-            grown[:size, :size] = self._L[:size, :size]
-            self._L = grown
+            self._reserve(2 * (size + g))
         self._L[size : size + g, :size] = B_g.T
         self._L[size : size + g, size : size + g] = D
+        self._B[size : size + g] = new_B
+        self._Q[:, size : size + g] = Q_g
         self._size = size + g
-        self.B = np.vstack([self.B, new_B])
-        self.Q = np.hstack([self.Q, Q_g])
         self.R -= Q_g @ new_B
         self._remaining -= np.einsum("sf,sf->f", new_B, new_B)
+        self._fitted += float(np.einsum("rg,rg->", Q_g, Q_g))
         self.groups.append(int(group))
         self.support = np.concatenate([self.support, cols])
         self._losses = None

@@ -131,11 +131,8 @@ def prune_layer(
         candidates = [np.flatnonzero(remote[:, w]) if fits[w] is not None else np.zeros(0, dtype=np.int64) for w in range(k)]
         gains = [fits[w].gains(candidates[w]) if fits[w] is not None else np.zeros(0) for w in range(k)]
 
-        def total() -> float:
-            return sum(fit.error for fit in fits if fit is not None)
-
         while True:
-            current = total()
+            current = sum(fit.error for fit in fits if fit is not None)
             if target_error is not None and current <= target_error:
                 break
             if max_pairs is not None and len(opened) >= max_pairs:
