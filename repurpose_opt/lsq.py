@@ -231,40 +231,45 @@ class WorkerFit:
         return np.maximum(out, 0.0)
 
     def add(self, group: int) -> None:
-        """Add one group by a block Cholesky update of ``L``, ``B``, ``Q`` and ``R``."""
+        """Add one group (see :meth:`add_many`)."""
+        self.add_many([group])
+
+    def add_many(self, groups: list[int]) -> None:
+        """Add groups by one block Cholesky update of ``L``, ``B``, ``Q`` and ``R``.
+
+        A block of m groups costs one GEMM over the |S|×F buffer instead of m GEMVs, which is what makes
+        opening thousands of pairs affordable on wide layers.
+        """
         data = self.data
-        cols = data.group(group)
-        g = cols.size
-        B_g = self.B[:, cols]
-        schur = data.G[np.ix_(cols, cols)] - B_g.T @ B_g
-        if g == 1:  # scalar pivot: plain arithmetic beats LAPACK call overhead
-            pivot = float(schur[0, 0])
-            if pivot <= 1e-14 * float(data.G[cols[0], cols[0]]):
-                self.reset(self.groups + [group])
-                return
-            D = np.array([[np.sqrt(pivot)]])
-            new_B = (data.G[cols, :] - B_g.T @ self.B) / D[0, 0]
-            Q_g = self.R[:, cols] / D[0, 0]
-        else:
-            try:
-                D = cholesky(schur, lower=True)
-            except np.linalg.LinAlgError:
-                self.reset(self.groups + [group])
-                return
-            new_B = solve_triangular(D, data.G[cols, :] - B_g.T @ self.B, lower=True)
-            Q_g = solve_triangular(D, self.R[:, cols].T, lower=True).T
+        cols = np.concatenate([data.group(g) for g in groups])
+        width = cols.size
+        B_c = self.B[:, cols]
+        schur = data.G[np.ix_(cols, cols)] - B_c.T @ B_c
+        try:
+            D = cholesky(schur, lower=True)
+            if np.min(np.diag(D)) ** 2 <= 1e-14 * float(np.max(np.diag(data.G)[cols])):
+                raise np.linalg.LinAlgError("nearly dependent block")
+        except np.linalg.LinAlgError:
+            if len(groups) > 1:  # dependent candidates: fall back to one at a time
+                for group in groups:
+                    self.add_many([group])
+            else:
+                self.reset(self.groups + list(groups))
+            return
+        new_B = solve_triangular(D, data.G[cols, :] - B_c.T @ self.B, lower=True)
+        Q_c = solve_triangular(D, self.R[:, cols].T, lower=True).T
         size = self._size
-        if size + g > self._L.shape[0]:
-            self._reserve(2 * (size + g))
-        self._L[size : size + g, :size] = B_g.T
-        self._L[size : size + g, size : size + g] = D
-        self._B[size : size + g] = new_B
-        self._Q[:, size : size + g] = Q_g
-        self._size = size + g
-        self.R -= Q_g @ new_B
+        if size + width > self._L.shape[0]:
+            self._reserve(2 * (size + width))
+        self._L[size : size + width, :size] = B_c.T
+        self._L[size : size + width, size : size + width] = D
+        self._B[size : size + width] = new_B
+        self._Q[:, size : size + width] = Q_c
+        self._size = size + width
+        self.R -= Q_c @ new_B
         self._remaining -= np.einsum("sf,sf->f", new_B, new_B)
-        self._fitted += float(np.einsum("rg,rg->", Q_g, Q_g))
-        self.groups.append(int(group))
+        self._fitted += float(np.einsum("rg,rg->", Q_c, Q_c))
+        self.groups.extend(int(g) for g in groups)
         self.support = np.concatenate([self.support, cols])
         self._losses = None
 

@@ -135,22 +135,18 @@ def prune_layer(
             current = sum(fit.error for fit in fits if fit is not None)
             if target_error is not None and current <= target_error:
                 break
-            if max_pairs is not None and len(opened) >= max_pairs:
+            room = None if max_pairs is None else max_pairs - len(opened)
+            if room is not None and room <= 0:
                 break
-            best_worker, best_pos, best_gain = -1, -1, 0.0
-            for w in range(k):
-                if gains[w].size:
-                    pos = int(np.argmax(gains[w]))
-                    if gains[w][pos] > best_gain:
-                        best_worker, best_pos, best_gain = w, pos, float(gains[w][pos])
-            # Stop when nothing measurably reduces the error (numerical floor of the fit).
-            if best_worker < 0 or best_gain <= 1e-13 * max(energy, 1e-300):
+            batch = _next_batch(gains, candidates, len(opened), current, target_error, room, energy)
+            if not batch:  # nothing measurably reduces the error (numerical floor of the fit)
                 break
-            group = int(candidates[best_worker][best_pos])
-            fits[best_worker].add(group)
-            opened.append((group, best_worker))
-            candidates[best_worker] = np.delete(candidates[best_worker], best_pos)
-            gains[best_worker] = fits[best_worker].gains(candidates[best_worker])
+            for worker, positions in batch.items():
+                groups = [int(candidates[worker][p]) for p in positions]
+                fits[worker].add_many(groups)
+                opened.extend((group, worker) for group in groups)
+                candidates[worker] = np.delete(candidates[worker], positions)
+                gains[worker] = fits[worker].gains(candidates[worker])
 
         if backward and target_error is not None and opened:
             opened = _backward_elimination(fits, opened, target_error, in_placement)
@@ -164,30 +160,75 @@ def prune_layer(
     return PruneResult(opened=tuple(opened), coef=coef, error=error, energy=energy, feasible=feasible)
 
 
+def _next_batch(gains: list[np.ndarray], candidates: list[np.ndarray], n_open: int, current: float,
+                target: float | None, room: int | None, energy: float) -> dict[int, list[int]]:
+    """Which pairs to open next: the single best one while few are open (pure greedy), then the best few
+    at once, as many as keep their predicted total gain under half of the remaining gap and at most
+    ~1/16 of what is already open (so the batch never overshoots by much; backward elimination trims)."""
+    best_per_worker = [(float(np.max(g)), w) for w, g in enumerate(gains) if g.size]
+    if not best_per_worker:
+        return {}
+    top_gain, top_worker = max(best_per_worker)
+    if top_gain <= 1e-13 * max(energy, 1e-300):
+        return {}
+    limit = max(1, n_open // 16)
+    if room is not None:
+        limit = min(limit, room)
+    if limit == 1 or target is None and room is None:
+        return {top_worker: [int(np.argmax(gains[top_worker]))]}
+    pooled = np.concatenate([g for g in gains if g.size])
+    owner = np.concatenate([np.full(g.size, w) for w, g in enumerate(gains) if g.size])
+    position = np.concatenate([np.arange(g.size) for g in gains if g.size])
+    order = np.argsort(-pooled, kind="stable")[:limit]
+    if target is not None:
+        budget = 0.5 * (current - target)
+        keep = np.cumsum(pooled[order]) <= budget
+        keep[0] = True
+        order = order[keep]
+    order = order[pooled[order] > 1e-13 * max(energy, 1e-300)]
+    batch: dict[int, list[int]] = {}
+    for index in order:
+        batch.setdefault(int(owner[index]), []).append(int(position[index]))
+    return batch
+
+
 def _backward_elimination(fits: list[WorkerFit | None], opened: list[tuple[int, int]], target: float,
                           in_placement: np.ndarray) -> list[tuple[int, int]]:
-    """Drop, cheapest first, opened pairs whose removal keeps the error within ``target``."""
+    """Drop opened pairs, cheapest first, while the error stays within ``target``.
+
+    Removal losses interact, so several pairs are dropped at once only while their summed loss stays
+    under half the slack; the refit error is then checked and the batch undone if it broke the target.
+    """
     opened = list(opened)
     while opened:
         current = sum(fit.error for fit in fits if fit is not None)
-        best = None
-        for worker, fit in enumerate(fits):
-            if fit is None:
-                continue
-            mine = [g for g, w in opened if w == worker]
-            if not mine:
-                continue
-            losses = fit.removal_losses(mine)
-            pos = int(np.argmin(losses))
-            if best is None or losses[pos] < best[0]:
-                best = (float(losses[pos]), worker, mine[pos])
-        if best is None or current + best[0] > target:
+        slack = target - current
+        if slack <= 0:
             break
-        _, worker, group = best
-        fit = fits[worker]
-        keep = [g for g in fit.groups if g != group]
-        fit.reset(np.asarray(keep, dtype=np.int64))
-        opened.remove((group, worker))
+        candidates = []
+        for worker, fit in enumerate(fits):
+            mine = [g for g, w in opened if w == worker] if fit is not None else []
+            if mine:
+                candidates += [(float(loss), worker, group) for loss, group in zip(fit.removal_losses(mine), mine)]
+        candidates.sort()
+        if not candidates or candidates[0][0] > slack:
+            break
+        losses = np.cumsum([c[0] for c in candidates])
+        count = max(1, int(np.searchsorted(losses, 0.5 * slack, side="right")))
+        count = min(count, max(1, len(opened) // 16)) if count > 1 else 1
+        chosen = candidates[:count]
+        before = {w: list(fits[w].groups) for _, w, _ in chosen}
+        for worker in before:
+            dropped = {g for _, w, g in chosen if w == worker}
+            fits[worker].reset(np.asarray([g for g in fits[worker].groups if g not in dropped], dtype=np.int64))
+        if sum(fit.error for fit in fits if fit is not None) > target and count > 1:
+            for worker, groups in before.items():  # the losses interacted: undo, then go one at a time
+                fits[worker].reset(np.asarray(groups, dtype=np.int64))
+            _, worker, group = candidates[0]
+            fits[worker].reset(np.asarray([g for g in fits[worker].groups if g != group], dtype=np.int64))
+            chosen = candidates[:1]
+        for _, worker, group in chosen:
+            opened.remove((group, worker))
     return opened
 
 

@@ -34,6 +34,11 @@ class RepurposeBackend(Backend):
         "rounds": Option(2, "re-assignment rounds per layer on costs re-derived from the adjusted support"),
         "importance": Option(True, "propose the importance-chain placement (co-clusters consecutive layers)"),
         "residual": Option(True, "propose the residual-cost assignment of the paper"),
+        "full_evaluation_limit": Option(
+            4_000_000,
+            "layers with n_out·n_in·K above this rank candidates by their local-only refit error and adjust "
+            "only the best one (no re-assignment rounds), instead of adjusting every candidate",
+        ),
     }
 
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
@@ -42,17 +47,22 @@ class RepurposeBackend(Backend):
 
         def placer(ctx: LayerContext) -> list[np.ndarray]:
             candidates = [chain[ctx.l]] if options["importance"] or ctx.in_placement is None else []
-            if options["residual"] and ctx.in_placement is not None:
-                placement = capacitated_assignment(residual_costs(ctx.data, ctx.in_placement, ctx.k), ctx.capacity)
+            if not options["residual"] or ctx.in_placement is None:
+                return candidates or [chain[ctx.l]]
+            cost = residual_costs(ctx.data, ctx.in_placement, ctx.k)
+            placement = capacitated_assignment(cost, ctx.capacity)
+            candidates.append(placement)
+            if ctx.data.C.shape[0] * ctx.data.n_groups * ctx.k > options["full_evaluation_limit"]:
+                # Wide layer: the local-only refit error (already in `cost`) ranks the candidates.
+                local_error = [float(cost[np.arange(cost.shape[0]), c].sum()) for c in candidates]
+                return [candidates[int(np.argmin(local_error))]]
+            for _ in range(int(options["rounds"])):
+                adjusted = ctx.adjust(placement)
+                opened = [[g for g, w in adjusted.opened if w == worker] for worker in range(ctx.k)]
+                placement = capacitated_assignment(residual_costs(ctx.data, ctx.in_placement, ctx.k, extra_groups=opened), ctx.capacity)
+                if any(np.array_equal(placement, c) for c in candidates):
+                    break
                 candidates.append(placement)
-                for _ in range(int(options["rounds"])):
-                    adjusted = ctx.adjust(placement)
-                    opened = [[g for g, w in adjusted.opened if w == worker] for worker in range(ctx.k)]
-                    cost = residual_costs(ctx.data, ctx.in_placement, ctx.k, extra_groups=opened)
-                    placement = capacitated_assignment(cost, ctx.capacity)
-                    if any(np.array_equal(placement, c) for c in candidates):
-                        break
-                    candidates.append(placement)
-            return candidates or [chain[ctx.l]]
+            return candidates
 
         return run_cascade(problem, first, placer, time_limit=time_limit, name="repurpose")
