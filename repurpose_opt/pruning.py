@@ -18,6 +18,9 @@ from scipy.linalg import cho_factor, cho_solve
 
 from .lsq import LayerData, WorkerFit
 
+#: Relative error below which a fit counts as exact (the precision of the ``energy − fitted`` formula).
+NUMERICAL_SLACK = 1e-7
+
 __all__ = ["PruneResult", "prune_layer", "minimum_error", "local_fits", "feasible_fit_data", "solve_pruning_greedy", "solve_pruning_exact"]
 
 
@@ -57,9 +60,11 @@ def feasible_fit_data(make_data, tolerance: float):
     for ridge in (DEFAULT_RIDGE, 0.0):
         data = make_data(ridge=ridge)
         energy = float(data.data_energy.sum())
-        target = tolerance**2 * energy
+        # Errors are ``energy − fitted``: float64 cancellation leaves ~1e-15·energy of noise, so a
+        # tolerance is met to within NUMERICAL_SLACK (1e-7 relative), e.g. tolerance 0 means "exact".
+        target = (tolerance**2 + NUMERICAL_SLACK**2) * energy
         floor = minimum_error(data)
-        if floor <= target * (1 + 1e-9) + 1e-300:
+        if floor <= target:
             return data, target, None
         smallest = min(smallest, float(np.sqrt(floor / energy)) if energy > 0 else 0.0)
     return None, None, smallest
@@ -256,8 +261,10 @@ def solve_pruning_greedy(problem) -> "BackendResult":  # noqa: F821 - imported l
         if data is None:
             return BackendResult(Status.INFEASIBLE, message=f"tolerance {problem.tolerance:.4g} cannot be met; the smallest relative error reachable is {smallest:.4g}")
         result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target)
-        if not result.feasible:
+        if not result.feasible:  # the greedy stalled above a target the full fit reaches: open the rest
             result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=0.0, backward=False)
+            if result.error > target * (1 + 1e-6):
+                return BackendResult(Status.NO_SOLUTION, message="the adjustment could not reach the tolerance")
     else:
         result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, max_pairs=problem.max_pairs)
     return _pruning_result(problem, result.coef, result.opened, Status.FEASIBLE, "group OMP + backward elimination")
@@ -315,7 +322,7 @@ def solve_pruning_exact(problem, max_subsets: int = 1 << 14) -> "BackendResult":
         picks.append(arg)
         combined = new
     if problem.tolerance is not None:
-        ok = np.flatnonzero(combined <= problem.tolerance**2 * float(data.data_energy.sum()))
+        ok = np.flatnonzero(combined <= (problem.tolerance**2 + NUMERICAL_SLACK**2) * float(data.data_energy.sum()))
         if ok.size == 0:
             return BackendResult(Status.INFEASIBLE, message="no set of pairs reaches the tolerance (proven by enumeration)")
         count = int(ok[0])

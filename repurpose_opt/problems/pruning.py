@@ -173,7 +173,7 @@ class PruningProblem:
             out.append("the units' placement differs from the fixed `output_placement`")
         if self.tolerance is not None:
             err = self.relative_error(solution.network)
-            if err > self.tolerance * (1 + 1e-7) + 1e-12:
+            if err > self.tolerance * (1 + 1e-7) + 1e-7:
                 out.append(f"relative error {err:.6g} exceeds the tolerance {self.tolerance:.6g}")
         elif report.comm_scalars > self.comm_budget + 1e-9:
             out.append(f"volume {report.comm_scalars:.6g} exceeds the budget {self.comm_budget:.6g}")

@@ -154,7 +154,7 @@ class RestructureProblem:
         if self.tolerance is not None:
             errors = calibration_errors(self.network, solution.network, self.calibration)
             for l, (err, tol) in enumerate(zip(errors, self.tolerance), start=1):
-                if err > tol * (1 + 1e-7) + 1e-12:
+                if err > tol * (1 + 1e-7) + 1e-7:
                     out.append(f"layer {l}: calibration error {err:.6g} exceeds its tolerance {tol:.6g}")
         elif isinstance(self.comm_budget, tuple):
             for l, (vol, budget) in enumerate(zip(report.comm_per_layer, self.comm_budget), start=1):
