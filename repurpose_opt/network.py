@@ -304,11 +304,16 @@ class Network:
         n_in, s_in = x_units.shape[1], x_units.shape[2]
         if isinstance(stage.linear, Dense):
             n_prev = self.structure[l - 1].n_inputs
-            W_sub = W.reshape(n_units, n_prev, -1)[rows][:, cols].reshape(-1, n_in * s_in)
-            return x_units.reshape(x_units.shape[0], -1) @ W_sub.T + b[rows]
+            W_sub = W.reshape(n_units, n_prev, -1)[rows]
+            if not (isinstance(cols, slice) and cols == slice(None)):
+                W_sub = W_sub[:, cols]
+            return x_units.reshape(x_units.shape[0], -1) @ W_sub.reshape(-1, n_in * s_in).T + b[rows]
         _, h, w = stage.in_shape
         x = x_units.reshape(x_units.shape[0], n_in, h, w)
-        return conv2d(x, W[rows][:, cols], b[rows], stage.linear.stride, stage.linear.padding)
+        W_sub = W[rows]
+        if not (isinstance(cols, slice) and cols == slice(None)):
+            W_sub = W_sub[:, cols]
+        return conv2d(x, W_sub, b[rows], stage.linear.stride, stage.linear.padding)
 
     def stage_post(self, l: int, z: np.ndarray) -> np.ndarray:
         """Activation and pooling of layer ``l`` applied to ``z``; returns unit form ``(N, units, s_l)``."""

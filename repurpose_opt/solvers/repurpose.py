@@ -56,7 +56,7 @@ class RepurposeBackend(Backend):
                 # Wide layer: the local-only refit error (already in `cost`) ranks the candidates.
                 local_error = [float(cost[np.arange(cost.shape[0]), c].sum()) for c in candidates]
                 return [candidates[int(np.argmin(local_error))]]
-            for _ in range(int(options["rounds"])):
+            for _ in range(0 if ctx.out_of_time() else int(options["rounds"])):
                 adjusted = ctx.adjust(placement)
                 opened = [[g for g, w in adjusted.opened if w == worker] for worker in range(ctx.k)]
                 placement = capacitated_assignment(residual_costs(ctx.data, ctx.in_placement, ctx.k, extra_groups=opened), ctx.capacity)

@@ -38,6 +38,10 @@ class LayerContext:
     target_error: float | None
     max_pairs: int | None
     _cache: dict = None  # placement bytes -> PruneResult
+    deadline: float | None = None
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
     def adjust(self, placement: np.ndarray) -> PruneResult:
         """The ℓ0 adjustment of this layer for ``placement`` (memoised: placers and the cascade share it)."""
@@ -170,6 +174,7 @@ def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, ti
     ``first_placement`` is ``assignment[0]`` (all -1 for a replicated input).
     """
     started = time.perf_counter()
+    deadline = None if time_limit is None else started + time_limit
     network, cluster = problem.network, problem.cluster
     k, L = cluster.k, network.n_layers
     X = problem.calibration
@@ -202,7 +207,7 @@ def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, ti
         else:
             data, target = make_data(ridge), None
             max_pairs = int(np.floor(budgets[l - 1] / network.structure[l - 1].in_message_size + 1e-9))
-        context = LayerContext(l, data, in_placement, problem.capacities[l], k, target, max_pairs)
+        context = LayerContext(l, data, in_placement, problem.capacities[l], k, target, max_pairs, deadline=deadline)
         best: tuple[Any, np.ndarray, PruneResult] | None = None
         tried = 0
         for candidate in placer(context):
@@ -210,6 +215,8 @@ def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, ti
             tried += 1
             if best is None or _score(result) < best[0]:
                 best = (_score(result), candidate, result)
+            if deadline is not None and time.perf_counter() > deadline:
+                break  # out of time: keep the best candidate so far, one per remaining layer
         assert best is not None, "a placer must propose at least one placement"
         _, placement, result = best
         if target is not None and not result.feasible:
@@ -225,7 +232,9 @@ def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, ti
         x_hat = network.stage_post(l, network.stage_linear(l, x_hat, weights=(W, b)))
         layer_stats.append({"layer": l, "pairs": len(result.opened), "relative_error": result.relative_error, "candidates": tried})
     restructured = network.with_weights(weights)
-    stats = {"layers": layer_stats, "timings": {"cascade": time.perf_counter() - started}}
+    elapsed = time.perf_counter() - started
+    stats = {"layers": layer_stats, "timings": {"cascade": elapsed},
+             "time_limit_reached": deadline is not None and elapsed > time_limit}
     guarantee = _guarantee(problem, restructured)
     return BackendResult(Status.FEASIBLE, tuple(placements), network=restructured, guarantee=guarantee,
                          message=f"{name} placement + ℓ0 adjustment (cascade)", stats=stats)
