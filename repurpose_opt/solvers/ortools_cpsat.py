@@ -1,0 +1,375 @@
+"""``ortools``: the km1 model of :mod:`.milp_model` solved by OR-tools CP-SAT, warm-started, with its bound.
+
+Modes (option ``mode``)
+-----------------------
+``"whole"``      one model of every layer: OPTIMAL when CP-SAT proves it, else FEASIBLE with CP-SAT's
+                 ``best_objective_bound`` as the (valid, global) lower bound.
+``"layerwise"``  one model per window of layers with the layer before it fixed (the first window also takes
+                 the first layer that carries a cost: layers 0-1 for a free input, 1-2 for a replicated one),
+                 committing each window before the next. For networks too large for one model. It is a
+                 heuristic: status FEASIBLE, no bound (a window's bound says nothing about the whole network).
+``"auto"``       ``whole`` unless the model would have more than ``whole_limit`` consumer implications
+                 (Σ_l nnz(M_l)·K), then ``layerwise``.
+
+Warm start: the best of the fast heuristics that are installed (``greedy``, ``munkres``, and always
+``direct``) is relabelled into the model's symmetry-breaking representative, completed into a full variable
+vector and given to CP-SAT as a solution hint (``stats["warm_start"]``); it gets a tenth of the time limit.
+
+Latency objective: CP-SAT needs integers, so times are in ticks (option ``latency_ticks``, default: the power
+of ten that maps an upper bound of the latency to <= 1e9 ticks), every coefficient rounded *down*. The bound
+divided by the ticks is therefore a valid lower bound in seconds; ``stats["rounding_error"]`` bounds how far
+the model can understate a placement's latency. OPTIMAL is claimed only when CP-SAT proves the tick model
+optimal *and* the placement's true latency is within 1e-7 (relative) of that valid bound; otherwise the
+status is FEASIBLE with the bound, and the message says so.
+
+CP-SAT's presolve symmetry detection is switched off by default (``symmetry_level = 0``): on these models it
+can run far past the time limit, and the model already breaks the worker symmetry itself. Any CP-SAT
+parameter can be set through the ``parameters`` option.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError, SolverError
+from ..solution import Status
+from .base import Backend, BackendResult, Option
+from .milp_model import (
+    CLAUSE,
+    EXACTLY_ONE,
+    IMPLIES,
+    PartitionMILP,
+    auto_ticks,
+    build_partition_milp,
+    canonicalize,
+    full_assignment,
+)
+
+__all__ = ["OrtoolsBackend", "solve_milp_cpsat", "warm_start_assignment"]
+
+DEFAULT_TIME_LIMIT = 30.0
+MODES = ("auto", "whole", "layerwise")
+CORE_FIRST_PORTFOLIO = ("core", "default_lp", "max_lp", "no_lp", "quick_restart", "reduced_costs")
+# OPTIMAL for the latency objective: the true latency of the incumbent within this of the valid bound.
+_LATENCY_PROOF_RTOL = 1e-7
+
+
+def warm_start_assignment(problem: Any, choice: Any, budget: float, seed: int | None) -> tuple[tuple | None, dict[str, Any]]:
+    """The best placement of the fast heuristics (``choice``: "auto", "none" or a backend name).
+
+    Returns the assignment (or None) and a stats record naming every heuristic tried and its objective.
+    """
+    if choice in (None, "none", False):
+        return None, {"used": False, "reason": "disabled"}
+    from ..api import solve
+    from ..errors import RepurposeError
+    from .registry import backend_names, get_backend
+
+    if choice == "auto":
+        names = [n for n in ("greedy", "munkres") if n in backend_names() and get_backend(n).available()] + ["direct"]
+    elif isinstance(choice, str):
+        names = [choice]
+    else:
+        raise InvalidParameterError(f"`warm_start` must be 'auto', 'none' or a backend name, got {choice!r}")
+    tried: dict[str, Any] = {}
+    best, best_name, best_value = None, None, math.inf
+    for name in names:
+        started = time.perf_counter()
+        try:
+            sol = solve(problem, name, time_limit=max(budget, 0.05), seed=seed)
+        except RepurposeError as exc:
+            tried[name] = f"failed: {exc}"
+            continue
+        tried[name] = {"status": sol.status.value, "objective": sol.objective, "seconds": time.perf_counter() - started}
+        if sol.status.has_solution and sol.objective < best_value:
+            best, best_name, best_value = sol.assignment, name, float(sol.objective)
+    record: dict[str, Any] = {"used": best is not None, "tried": tried}
+    if best is not None:
+        record.update(backend=best_name, objective=best_value)
+    return best, record
+
+
+def _cpsat_model(model: PartitionMILP, hint: np.ndarray | None):
+    """Translate the array model into a CpModel (implications and exactly-one rows in native form)."""
+    from ortools.sat.python import cp_model
+
+    if not model.integral:
+        raise SolverError("CP-SAT needs an integral model (build it with integer_ticks for the latency objective)")
+    A = model.A
+    if A.nnz and not np.all(A.data == np.round(A.data)):
+        raise SolverError("CP-SAT needs integer coefficients; the model has fractional ones")
+    cp = cp_model.CpModel()
+    lower, upper = model.lower, model.upper
+    binary = (lower == 0) & (upper == 1)
+    variables = [
+        cp.new_bool_var("") if is_bool else cp.new_int_var(int(math.ceil(lo)), int(math.floor(hi)), "")
+        for is_bool, lo, hi in zip(binary.tolist(), lower.tolist(), upper.tolist(), strict=True)
+    ]
+    indptr, indices, data = A.indptr, A.indices, A.data.astype(np.int64)
+    lo_rows, hi_rows = model.row_lower, model.row_upper
+    weighted = cp_model.LinearExpr.weighted_sum
+    for r, kind in enumerate(model.row_kind.tolist()):
+        cols = indices[indptr[r] : indptr[r + 1]].tolist()
+        coefs = data[indptr[r] : indptr[r + 1]].tolist()
+        if kind == IMPLIES:
+            ante, cons = (cols[0], cols[1]) if coefs[0] < 0 else (cols[1], cols[0])
+            cp.add_implication(variables[ante], variables[cons])
+        elif kind == EXACTLY_ONE:
+            cp.add_exactly_one([variables[j] for j in cols])
+        elif kind == CLAUSE:
+            cp.add_bool_or([variables[j] if a > 0 else variables[j].Not() for j, a in zip(cols, coefs, strict=True)])
+        else:
+            lo = -(2**62) if not np.isfinite(lo_rows[r]) else int(math.ceil(lo_rows[r] - 1e-9))
+            hi = 2**62 if not np.isfinite(hi_rows[r]) else int(math.floor(hi_rows[r] + 1e-9))
+            cp.add_linear_constraint(weighted([variables[j] for j in cols], coefs), lo, hi)
+    nz = np.flatnonzero(model.c)
+    c = model.c[nz]
+    if not np.all(c == np.round(c)) or model.offset != round(model.offset):
+        raise SolverError("CP-SAT needs an integral objective; the model has fractional costs")
+    cp.minimize(weighted([variables[j] for j in nz.tolist()], c.astype(np.int64).tolist()) + int(round(model.offset)))
+    if hint is not None:
+        for var, value in zip(variables, np.round(hint).astype(np.int64).tolist(), strict=True):
+            cp.add_hint(var, value)
+    return cp, variables
+
+
+def solve_milp_cpsat(
+    model: PartitionMILP,
+    *,
+    time_limit: float,
+    seed: int | None,
+    num_workers: int,
+    hint: np.ndarray | None = None,
+    parameters: dict[str, Any] | None = None,
+    log: bool = False,
+    core_first: bool = True,
+) -> dict[str, Any]:
+    """Solve an array model with CP-SAT: status name, values, objective and bound (model units), stats."""
+    from ortools.sat.python import cp_model
+
+    built = time.perf_counter()
+    cp, _ = _cpsat_model(model, hint)
+    build_seconds = time.perf_counter() - built
+    solver = cp_model.CpSolver()
+    params = solver.parameters
+    params.max_time_in_seconds = max(float(time_limit), 0.01)
+    params.num_workers = int(num_workers)
+    if seed is not None:
+        params.random_seed = int(seed)
+    params.symmetry_level = 0
+    params.log_search_progress = bool(log)
+    if core_first and int(num_workers) < 8:
+        # With few workers CP-SAT's default portfolio leaves out the core-based (max-SAT) search, and the LP
+        # relaxation of a km1 model is nearly empty (x = 1/K makes every y = 1/K): the cores are what close
+        # the bound. The first entries get the full-problem workers; LNS still runs interleaved.
+        params.subsolvers.extend(CORE_FIRST_PORTFOLIO)
+    for key, value in (parameters or {}).items():
+        if not hasattr(params, key):
+            raise InvalidParameterError(f"unknown CP-SAT parameter {key!r} in option `parameters`")
+        if isinstance(value, (list, tuple)):  # repeated fields, e.g. subsolvers
+            field = getattr(params, key)
+            field.clear()
+            field.extend(value)
+        else:
+            setattr(params, key, value)
+    status = solver.solve(cp)
+    name = solver.status_name(status)
+    if name == "MODEL_INVALID":
+        raise SolverError(f"CP-SAT rejected the model: {cp.validate()}")
+    has_solution = name in ("OPTIMAL", "FEASIBLE")
+    values = np.array(list(solver.response_proto.solution), dtype=np.float64) if has_solution else None
+    return {
+        "status": name,
+        "values": values,
+        "objective": float(solver.objective_value) if has_solution else None,
+        "bound": float(solver.best_objective_bound) if name not in ("INFEASIBLE", "MODEL_INVALID") else None,
+        "stats": {
+            "cpsat_status": name,
+            "wall_time": float(solver.wall_time),
+            "build_seconds": build_seconds,
+            "num_conflicts": int(solver.num_conflicts),
+            "num_branches": int(solver.num_branches),
+            "solution_info": solver.solution_info(),
+        },
+    }
+
+
+class OrtoolsBackend(Backend):
+    """CP-SAT on the whole-network km1 model (or layer by layer), warm-started from the fast heuristics."""
+
+    name = "ortools"
+    description = "OR-tools CP-SAT on the km1 model (whole network or layer by layer), warm-started, with bound and gap"
+    requires = ("ortools",)
+    extra = "ortools"
+    problem_types = ("PartitionProblem",)
+    exact = True
+    options = {
+        "num_workers": Option(2, "CP-SAT search workers (threads)"),
+        "mode": Option("auto", "'whole' (one model, global bound), 'layerwise' (window by window, no bound) or 'auto'"),
+        "whole_limit": Option(250_000, "auto mode: use layerwise above this many consumer implications Σ_l nnz(M_l)·K"),
+        "window": Option(1, "layerwise mode: layers per window after the first"),
+        "warm_start": Option("auto", "'auto' (best of greedy/munkres/direct), 'none', or a backend name"),
+        "symmetry_breaking": Option(True, "impose the first-use order of interchangeable workers"),
+        "formulation": Option("sent", "km1 rows of a modelled producer: 'sent', 'presence' or 'hybrid' (all exact)"),
+        "latency_ticks": Option(None, "latency objective: ticks per second of the integer model (None: automatic)"),
+        "core_first": Option(True, "with fewer than 8 workers, give the first worker to CP-SAT's core-based search (proves km1 optima far faster)"),
+        "parameters": Option({}, "extra CP-SAT parameters, e.g. {'symmetry_level': 2}; lists set repeated fields"),
+        "log": Option(False, "print CP-SAT's search log"),
+    }
+
+    # --------------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _implications(problem: Any) -> int:
+        return int(sum(layer.connectivity.nnz for layer in problem.network.structure)) * problem.cluster.k
+
+    def _mode(self, problem: Any, options: dict[str, Any]) -> str:
+        mode = options["mode"]
+        if mode not in MODES:
+            raise InvalidParameterError(f"option `mode` must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "auto":
+            return "layerwise" if self._implications(problem) > int(options["whole_limit"]) else "whole"
+        return mode
+
+    # ----------------------------------------------------------------------------------------- solve
+    def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
+        started = time.perf_counter()
+        total = float(time_limit) if time_limit is not None else DEFAULT_TIME_LIMIT
+        mode = self._mode(problem, options)
+        num_workers = int(options["num_workers"])
+        if num_workers < 1:
+            raise InvalidParameterError(f"option `num_workers` must be >= 1, got {num_workers}")
+        ticks = None
+        if problem.objective == "latency":
+            ticks = float(options["latency_ticks"]) if options["latency_ticks"] is not None else auto_ticks(problem)
+        warm, warm_stats = warm_start_assignment(problem, options["warm_start"], 0.1 * total, seed)
+        stats: dict[str, Any] = {"mode": mode, "warm_start": warm_stats, "time_limit": total}
+        if ticks is not None:
+            stats["latency_ticks"] = ticks
+        remaining = lambda: max(total - (time.perf_counter() - started), 0.05)  # noqa: E731
+        if mode == "whole":
+            return self._solve_whole(problem, warm, ticks, seed, num_workers, options, remaining, stats)
+        return self._solve_layerwise(problem, warm, ticks, seed, num_workers, options, remaining, stats)
+
+    def _solve_whole(self, problem, warm, ticks, seed, num_workers, options, remaining, stats) -> BackendResult:
+        model = build_partition_milp(problem, integer_ticks=ticks, symmetry_breaking=bool(options["symmetry_breaking"]), formulation=options["formulation"])
+        stats["model"] = model.size()
+        if ticks is not None:
+            stats["rounding_error"] = model.rounding_error
+        hint = None
+        if warm is not None:
+            placements = canonicalize(model, {l: warm[l] for l in model.layers})
+            hint = model.complete(placements)
+            stats["warm_start"]["model_objective"] = model.objective_value(hint) / model.scale
+            stats["warm_start"]["hint_feasible"] = bool(model.violation(hint) <= 1e-9)
+        run = solve_milp_cpsat(
+            model, time_limit=remaining(), seed=seed, num_workers=num_workers, hint=hint,
+            parameters=options["parameters"], log=bool(options["log"]), core_first=bool(options["core_first"]),
+        )
+        stats.update(run["stats"])
+        name = run["status"]
+        if name == "INFEASIBLE":
+            return BackendResult(Status.INFEASIBLE, message="CP-SAT proved that no placement meets the balance and capacity limits", stats=stats)
+        bound = None if run["bound"] is None else run["bound"] / model.scale
+        if run["values"] is None:
+            return BackendResult(Status.NO_SOLUTION, bound=bound, message=f"CP-SAT found no solution within the time limit ({name})", stats=stats)
+        assignment = full_assignment(problem, model, model.decode(run["values"]))
+        value = run["objective"] / model.scale
+        # An incumbent's auxiliaries may sit above their minimum (a y set without a consumer), so the model
+        # objective only bounds the placement's cost from above; the simulator's count is the objective.
+        true_value = _true_objective(problem, assignment)
+        stats["model_objective"] = value
+        if ticks is None:  # the volume model is exact: at a proven optimum its objective is the volume
+            if name == "OPTIMAL":
+                return BackendResult(Status.OPTIMAL, assignment, bound=value, objective=value, message="CP-SAT proved optimality", stats=stats)
+            return BackendResult(Status.FEASIBLE, assignment, bound=bound, objective=true_value, message="CP-SAT stopped at the time limit", stats=stats)
+        stats["rounding_gap"] = true_value - value
+        if name == "OPTIMAL" and bound is not None and true_value - bound <= _LATENCY_PROOF_RTOL * max(abs(true_value), 1e-300):
+            return BackendResult(
+                Status.OPTIMAL, assignment, bound=bound,
+                message=f"CP-SAT proved the tick model optimal; the tick rounding leaves at most {true_value - bound:.3g} s",
+                stats=stats,
+            )
+        message = (
+            f"CP-SAT proved the tick model optimal, but the tick rounding leaves a gap of {true_value - bound:.3g} s"
+            if name == "OPTIMAL" else "CP-SAT stopped at the time limit"
+        )
+        return BackendResult(Status.FEASIBLE, assignment, bound=bound, message=message, stats=stats)
+
+    def _windows(self, problem: Any, width: int) -> list[tuple[int, ...]]:
+        L = problem.network.n_layers
+        mode = problem.input_mode
+        start = 0 if mode == "free" else 1
+        # The first window reaches the first layer whose placement has a cost of its own.
+        first_end = min(start + 1, L) if mode in ("free", "replicated") else start
+        windows = [tuple(range(start, first_end + 1))]
+        l = first_end + 1
+        while l <= L:
+            end = min(l + width - 1, L)
+            windows.append(tuple(range(l, end + 1)))
+            l = end + 1
+        return windows
+
+    def _solve_layerwise(self, problem, warm, ticks, seed, num_workers, options, remaining, stats) -> BackendResult:
+        width = int(options["window"])
+        if width < 1:
+            raise InvalidParameterError(f"option `window` must be >= 1, got {width}")
+        counts = problem.network.unit_counts
+        windows = self._windows(problem, width)
+        placed: dict[int, np.ndarray] = {}
+        k = problem.cluster.k
+        used_flops, used_params = np.zeros(k), np.zeros(k)
+        records = []
+        for w, window in enumerate(windows):
+            left = sum(counts[l] for win in windows[w:] for l in win)
+            share = remaining() * sum(counts[l] for l in window) / max(left, 1)
+            previous = placed.get(window[0] - 1)
+            model = build_partition_milp(
+                problem, layers=window, previous=previous, used_flops=used_flops, used_params=used_params,
+                integer_ticks=ticks, symmetry_breaking=bool(options["symmetry_breaking"]),
+                formulation=options["formulation"],
+            )
+            hint = None
+            if warm is not None:
+                hint = model.complete(canonicalize(model, {l: warm[l] for l in window}))
+                if model.violation(hint) > 1e-9:  # the heuristic's layers may not fit after our earlier windows
+                    hint = None
+            run = solve_milp_cpsat(
+                model, time_limit=share, seed=seed, num_workers=num_workers, hint=hint,
+                parameters=options["parameters"], log=bool(options["log"]), core_first=bool(options["core_first"]),
+            )
+            records.append({"layers": list(window), "status": run["status"], **model.size(), "wall_time": run["stats"]["wall_time"]})
+            if run["values"] is None:
+                stats["windows"] = records
+                return BackendResult(
+                    Status.NO_SOLUTION,
+                    message=f"layerwise mode: CP-SAT found no placement of layers {list(window)} given the layers before ({run['status']}); try mode='whole'",
+                    stats=stats,
+                )
+            placed.update(model.decode(run["values"]))
+            used_flops, used_params = _loads_of(problem, placed, k)
+        stats["windows"] = records
+        assignment = full_assignment(problem, model, placed)
+        return BackendResult(Status.FEASIBLE, assignment, message=f"layer by layer ({len(windows)} windows); no global bound", stats=stats)
+
+
+def _loads_of(problem: Any, placed: dict[int, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """FLOPs and parameters per worker of the layers placed so far (layer 0 carries none)."""
+    flops, params = np.zeros(k), np.zeros(k)
+    for l, placement in placed.items():
+        if l == 0:
+            continue
+        layer = problem.network.structure[l - 1]
+        flops += np.bincount(placement, weights=layer.flops_per_unit, minlength=k)
+        params += np.bincount(placement, weights=layer.params_per_unit, minlength=k)
+    return flops, params
+
+
+def _true_objective(problem: Any, assignment: tuple[np.ndarray, ...]) -> float:
+    from ..simulator import simulate
+
+    report = simulate(problem.network, list(assignment), problem.cluster, output=problem.output, input_placement=problem.input_placement)
+    return problem.objective_value(report)

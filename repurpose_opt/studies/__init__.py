@@ -1,0 +1,1 @@
+"""Studies: reproducible experiments over the shipped models (trade-off curves, backend comparisons)."""
