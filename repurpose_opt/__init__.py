@@ -16,6 +16,7 @@ from .errors import (
     SolverError,
     UnknownBackendError,
 )
+from .guarantee import Guarantee, certify
 from .layers import AvgPool2d, Conv2d, Dense, Flatten, Identity, MaxPool2d, ReLU, Sigmoid, Tanh
 from .network import LayerStructure, Network
 from .problems import PartitionProblem, PruningProblem, RestructureProblem
@@ -26,6 +27,18 @@ from .verify import VerificationReport, verify
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # `ro.runtime` and `ro.export` load the runtime package on first use only: it is light (torch is imported
+    # by the worker processes, never here), but keeping it lazy keeps `import repurpose_opt` minimal.
+    if name in ("runtime", "export"):
+        import importlib
+
+        runtime = importlib.import_module(".runtime", __name__)
+        return runtime if name == "runtime" else runtime.export
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AvgPool2d",
     "BackendCannotSolveError",
@@ -35,6 +48,7 @@ __all__ = [
     "Dense",
     "Flatten",
     "FormatError",
+    "Guarantee",
     "Identity",
     "InvalidParameterError",
     "InvalidProblemError",
@@ -54,6 +68,8 @@ __all__ = [
     "Tanh",
     "UnknownBackendError",
     "VerificationReport",
+    "certify",
+    "export",
     "list_backends",
     "load_solution",
     "save_solution",

@@ -10,10 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import as_float, as_float_array, as_int, readonly
+from ._validation import as_float, as_float_array, as_int, as_path, readonly
 from .errors import FormatError, InvalidProblemError
 
-__all__ = ["Cluster"]
+__all__ = ["Cluster", "MAX_WORKERS", "MAX_DTYPE_BYTES"]
+
+#: Largest K accepted. The α-β model keeps two K×K matrices and the simulator one K×K byte matrix per
+#: layer, so K is capped where those stay small (8 MiB each); a layer must have at least K units anyway.
+MAX_WORKERS = 1024
+#: Largest ``dtype_bytes`` accepted (a float64 is 8); it keeps byte counts far from integer overflow.
+MAX_DTYPE_BYTES = 1024
 
 
 def _per_worker(name: str, value: Any, k: int) -> np.ndarray | None:
@@ -48,7 +54,7 @@ class Cluster:
     Parameters
     ----------
     k : int
-        Number of workers (>= 1).
+        Number of workers, 1..:data:`MAX_WORKERS` (1024).
     speed : array-like of shape (k,), optional
         Relative speeds ``r_k`` (default all 1); they scale balance capacities and compute time.
     flop_rate : float
@@ -60,7 +66,7 @@ class Cluster:
     latency : float or (k, k) array
         α in seconds, per message on a directed link.
     dtype_bytes : int
-        Bytes per scalar on the wire.
+        Bytes per scalar on the wire, 1..:data:`MAX_DTYPE_BYTES` (1024).
 
     Examples
     --------
@@ -80,16 +86,19 @@ class Cluster:
     dtype_bytes: int = 4
 
     def __post_init__(self) -> None:
-        k = as_int("k", self.k, minimum=1, error=InvalidProblemError)
+        k = as_int("k", self.k, minimum=1, maximum=MAX_WORKERS, error=InvalidProblemError)
         object.__setattr__(self, "k", k)
         speed = _per_worker("speed", 1.0 if self.speed is None else self.speed, k)
+        with np.errstate(over="ignore"):
+            if not np.isfinite(speed.sum()):  # shares are speed / Σ speed everywhere
+                raise InvalidProblemError(f"`speed` must have a finite sum, got speeds up to {speed.max():.3g}")
         object.__setattr__(self, "speed", speed)
         object.__setattr__(self, "flop_rate", as_float("flop_rate", self.flop_rate, strictly_positive=True, error=InvalidProblemError))
         object.__setattr__(self, "flops_capacity", _per_worker("flops_capacity", self.flops_capacity, k))
         object.__setattr__(self, "param_capacity", _per_worker("param_capacity", self.param_capacity, k))
         object.__setattr__(self, "bandwidth", _per_link("bandwidth", self.bandwidth, k, positive=True))
         object.__setattr__(self, "latency", _per_link("latency", self.latency, k, positive=False))
-        object.__setattr__(self, "dtype_bytes", as_int("dtype_bytes", self.dtype_bytes, minimum=1, error=InvalidProblemError))
+        object.__setattr__(self, "dtype_bytes", as_int("dtype_bytes", self.dtype_bytes, minimum=1, maximum=MAX_DTYPE_BYTES, error=InvalidProblemError))
 
     @property
     def identical_workers(self) -> bool:
@@ -107,9 +116,11 @@ class Cluster:
 
     def balance_capacity(self, n_units: int, imbalance: float = 0.0) -> np.ndarray:
         """Units each worker may hold in a layer of ``n_units``: ``⌈(1 + ε)·n·r_k / Σ r⌉``."""
-        share = (1.0 + imbalance) * n_units * self.speed / self.speed.sum()
-        # A tiny slack keeps exact shares like 64·1/4 = 16 from rounding up to 17 through float noise.
-        return np.ceil(share - 1e-9).astype(np.int64)
+        relative = self.speed / self.speed.max()  # normalised first: a sum of huge speeds must not overflow
+        share = (1.0 + imbalance) * n_units * relative / relative.sum()
+        # A tiny slack keeps exact shares like 64·1/4 = 16 from rounding up to 17 through float noise; no
+        # worker can hold more than the layer, so a huge imbalance caps at n (and never overflows int64).
+        return np.minimum(np.ceil(np.minimum(share, n_units) - 1e-9), n_units).astype(np.int64)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description; :meth:`from_dict` inverts it."""
@@ -133,24 +144,35 @@ class Cluster:
         if not isinstance(data, dict) or "k" not in data:
             raise FormatError("a cluster description must be a mapping with at least the key 'k'")
         allowed = {"k", "speed", "flop_rate", "flops_capacity", "param_capacity", "bandwidth", "latency", "dtype_bytes"}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(str(key) for key in set(data) - allowed)
         if unknown:
             raise FormatError(f"unknown cluster keys {unknown}; valid keys are {sorted(allowed)}")
         return cls(**data)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the cluster as JSON."""
-        path = Path(path)
-        path.write_text(json.dumps({"format": "repurpose-opt/cluster", "version": 1, **self.to_dict()}, indent=2))
-        return path
+        """Write the cluster as JSON (atomically: a temporary file, then a rename)."""
+        from ._io import write_text_atomic
+
+        return write_text_atomic(path, json.dumps({"format": "repurpose-opt/cluster", "version": 1, **self.to_dict()}, indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Cluster:
         """Read a cluster written by :meth:`save`."""
+        path = as_path("path", path)
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise FormatError(f"`path` {str(path)!r} is not a readable cluster JSON file: {exc}") from exc
-        if data.pop("format", None) != "repurpose-opt/cluster" or data.pop("version", None) != 1:
-            raise FormatError(f"{str(path)!r} is not a repurpose-opt cluster file of version 1")
-        return cls.from_dict(data)
+        if not isinstance(data, dict) or data.pop("format", None) != "repurpose-opt/cluster":
+            raise FormatError(f"{str(path)!r} is not a repurpose-opt cluster file")
+        version = data.pop("version", None)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise FormatError(f"{str(path)!r} has no valid cluster format version, got {version!r}")
+        if version > 1:
+            raise FormatError(
+                f"{str(path)!r} has cluster format version {version!r}; this repurpose-opt reads version 1: upgrade the package"
+            )
+        try:
+            return cls.from_dict(data)
+        except InvalidProblemError as exc:
+            raise FormatError(f"{str(path)!r} describes an invalid cluster: {exc}") from exc

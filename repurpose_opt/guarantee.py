@@ -974,9 +974,10 @@ def compute_guarantee(original: Network, restructured: Network, calibration: Any
         Per-layer tolerances to record next to the measured errors (one per linear layer).
     effort : {"standard", "tight", "recursion"}, optional
         ``"recursion"``: the SPEC §6 per-layer recursion (product of norms; cheapest, loosest).
-        ``"standard"``: the chain bound of the module docstring with row/column-balanced cut scalings.
-        ``"tight"``: additionally optimises the cut scalings (L-BFGS, ``iterations`` steps per chain);
-        slower, tighter. Every effort gives a valid bound; each keeps the smallest bound it found.
+        ``"standard"``: the chain bound of the module docstring (lifted chain, both expansions), without
+        cut scalings. ``"tight"``: additionally rescales the cuts (row/column balancing, then L-BFGS,
+        ``iterations`` steps per chain) for the better expansion; on the digits MLP restructured at K = 4,
+        tolerance 0.1: A 265 → 180 for 50× the time. Every effort gives a valid bound; each keeps the smallest bound it found.
     explicit_limit : int, optional
         Largest number of entries of an explicit convolution / average-pool matrix. Larger ones are
         bounded analytically (looser, still valid); 0 forces the analytic bounds everywhere.

@@ -6,15 +6,23 @@ vectorised numpy forward pass.
 
 Activations move between layers in *unit form*: an array of shape ``(N, n_units, message_size)``, one slot
 per unit, which is exactly what a worker sends when it sends a unit's activation.
+
+Layer-order rules (decisions where the SPEC is silent): activations, pooling and Flatten belong to the linear
+layer before them (only a Flatten may precede the first linear layer); pooling and Conv2d need a
+``(channels, height, width)`` input, so they are refused after a Flatten or a Dense layer; a Dense layer may
+read a feature map with or without a Flatten before it (channel-major order either way, as torch's Flatten),
+and its input units are the channels in both cases. :meth:`Network.from_torch` is stricter and requires the
+Flatten, because torch's Linear on a feature map would act on its last axis only.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -62,6 +70,15 @@ class LayerStructure:
     output_positions: int
     connectivity: sp.csr_array
     nnz_per_unit: np.ndarray
+
+    @cached_property
+    def dense_connectivity(self) -> np.ndarray | None:
+        """``M_l`` as a read-only dense boolean array when it has at most 2**22 entries, else ``None``."""
+        if self.n_units * self.n_inputs > 1 << 22:
+            return None
+        dense = self.connectivity.toarray().astype(bool)
+        dense.flags.writeable = False
+        return dense
 
     @property
     def flops_per_unit(self) -> np.ndarray:
@@ -131,6 +148,8 @@ class Network:
             raise InvalidProblemError(
                 f"`input_shape` must be (features,) or (channels, height, width), got {shape}"
             )
+        if isinstance(layers, Layer) or not isinstance(layers, Iterable):
+            raise InvalidProblemError(f"`layers` must be a sequence of repurpose_opt layers, got {type(layers).__name__}")
         layers = tuple(layers)
         for position, layer in enumerate(layers):
             if not isinstance(layer, Layer) or type(layer) in (Layer, Activation, _Pool2d):
@@ -147,9 +166,18 @@ class Network:
         stages: list[_Stage] = []
         shape = input_shape
         current: dict[str, Any] | None = None
+        flattened = len(input_shape) == 1  # after a Flatten (or for a dense input) only Dense layers may read
         for position, layer in enumerate(layers):
             where = f"`layers[{position}]` ({type(layer).__name__})"
+            if flattened and isinstance(layer, (Conv2d, _Pool2d)):
+                raise InvalidProblemError(
+                    f"{where} needs a (channels, height, width) input, but the layers before it produce a flat "
+                    "vector (a Flatten or a Dense layer precedes it)"
+                )
+            if isinstance(layer, Flatten):
+                flattened = True
             if layer.is_linear:
+                flattened = isinstance(layer, Dense)
                 if current is not None:
                     stages.append(_Stage(**current))
                 if isinstance(layer, Dense):
@@ -281,9 +309,8 @@ class Network:
             return X
         if X.ndim == 2 and X.shape[1] == int(np.prod(shape)):
             return X.reshape((X.shape[0],) + shape)
-        raise InvalidProblemError(
-            f"`{name}` must have shape (N, {', '.join(map(str, shape))}) or (N, {int(np.prod(shape))}), got {X.shape}"
-        )
+        flat = "" if len(shape) == 1 else f" or (N, {int(np.prod(shape))})"
+        raise InvalidProblemError(f"`{name}` must have shape (N, {', '.join(map(str, shape))}){flat}, got {X.shape}")
 
     def to_units(self, X: Any) -> np.ndarray:
         """The input batch in unit form ``(N, n_0, s_0)``."""
@@ -392,12 +419,17 @@ class Network:
     def from_payload(cls, header: dict[str, Any], arrays: dict[str, np.ndarray], where: str = "file") -> Network:
         """Inverse of :meth:`to_payload`."""
         try:
-            layers = [
-                layer_from_config(config, arrays.get(f"W{position}"), arrays.get(f"b{position}"))
-                for position, config in enumerate(header["layers"])
-            ]
+            configs = header["layers"]
+            if not isinstance(configs, list) or not all(isinstance(config, dict) for config in configs):
+                raise TypeError("`layers` must be a list of layer descriptions")
+            layers = []
+            for position, config in enumerate(configs):
+                weights = (arrays.get(f"W{position}"), arrays.get(f"b{position}"))
+                if config.get("type") in (Dense.kind, Conv2d.kind) and any(w is None for w in weights):
+                    raise KeyError(f"W{position} and b{position}, the weights of layer {position}")
+                layers.append(layer_from_config(config, *weights))
             return cls(layers, tuple(header["input_shape"]))
-        except (KeyError, TypeError, AttributeError, InvalidProblemError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, InvalidProblemError) as exc:
             raise FormatError(f"{where} has a malformed network description: {exc}") from exc
 
     def save(self, path: str | os.PathLike) -> Path:

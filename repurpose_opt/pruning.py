@@ -12,14 +12,24 @@ that drops the pairs no longer needed; in budget mode it opens at most ``max_pai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from .lsq import LayerData, WorkerFit
+from .lsq import LayerData, WorkerFit, blas_threads
+
+if TYPE_CHECKING:
+    from .solvers.base import BackendResult
 
 #: Relative error below which a fit counts as exact (the precision of the ``energy − fitted`` formula).
 NUMERICAL_SLACK = 1e-7
+
+
+def allowed_error_ratio(tolerance: float) -> float:
+    """The squared relative error a tolerance allows, with the numerical slack; a tolerance above 1e150 (whose
+    square would overflow) allows everything, as any tolerance well above 1 does."""
+    return min(float(tolerance), 1e150) ** 2 + NUMERICAL_SLACK**2
 
 __all__ = ["PruneResult", "prune_layer", "minimum_error", "local_fits", "feasible_fit_data", "solve_pruning_greedy", "solve_pruning_exact"]
 
@@ -60,9 +70,11 @@ def feasible_fit_data(make_data, tolerance: float):
     for ridge in (DEFAULT_RIDGE, 0.0):
         data = make_data(ridge=ridge)
         energy = float(data.data_energy.sum())
+        if energy == 0.0:  # all-zero targets: zero weights reproduce them exactly (see prune_layer)
+            return data, 0.0, None
         # Errors are ``energy − fitted``: float64 cancellation leaves ~1e-15·energy of noise, so a
         # tolerance is met to within NUMERICAL_SLACK (1e-7 relative), e.g. tolerance 0 means "exact".
-        target = (tolerance**2 + NUMERICAL_SLACK**2) * energy
+        target = allowed_error_ratio(tolerance) * energy
         floor = minimum_error(data)
         if floor <= target:
             return data, target, None
@@ -70,8 +82,13 @@ def feasible_fit_data(make_data, tolerance: float):
     return None, None, smallest
 
 
-def local_fits(data: LayerData, in_placement: np.ndarray | None, out_placement: np.ndarray, k: int) -> list[WorkerFit | None]:
-    """One fit per worker over its local input units (all of them when the input is replicated)."""
+def local_fits(data: LayerData, in_placement: np.ndarray | None, out_placement: np.ndarray, k: int,
+               max_groups: np.ndarray | None = None) -> list[WorkerFit | None]:
+    """One fit per worker over its local input units (all of them when the input is replicated).
+
+    With ``max_groups`` (most input units a worker's units may read: an nnz budget), a worker whose local
+    inputs exceed it drops the ones whose removal costs the least error, one at a time.
+    """
     fits: list[WorkerFit | None] = []
     all_groups = np.arange(data.n_groups)
     for worker in range(k):
@@ -80,7 +97,13 @@ def local_fits(data: LayerData, in_placement: np.ndarray | None, out_placement: 
             fits.append(None)
             continue
         local = all_groups if in_placement is None else np.flatnonzero(in_placement == worker)
-        fits.append(WorkerFit(data, rows, local))
+        fit = WorkerFit(data, rows, local)
+        if max_groups is not None:
+            while len(fit.groups) > max_groups[worker]:
+                losses = fit.removal_losses(fit.groups)
+                drop = fit.groups[int(np.argmin(losses))]
+                fit.reset(np.asarray([g for g in fit.groups if g != drop], dtype=np.int64))
+        fits.append(fit)
     return fits
 
 
@@ -94,6 +117,7 @@ def prune_layer(
     max_pairs: int | None = None,
     allowed: np.ndarray | None = None,
     backward: bool = True,
+    max_groups: np.ndarray | None = None,
 ) -> PruneResult:
     """Open remote pairs until the squared error is at most ``target_error`` (or ``max_pairs`` are open).
 
@@ -113,6 +137,9 @@ def prune_layer(
         Pairs that may be opened (defaults to every remote pair).
     backward : bool
         In tolerance mode, drop opened pairs that are no longer needed.
+    max_groups : int array (k,), optional
+        Most input units (local or remote) each worker's units may read: a per-worker nnz budget divided
+        by (units on the worker × weights per input unit). Local inputs beyond it are dropped first.
 
     Examples
     --------
@@ -126,15 +153,25 @@ def prune_layer(
     >>> len(result.opened), result.relative_error < 1e-6
     (4, True)
     """
-    fits = local_fits(data, in_placement, out_placement, k)
     energy = float(data.data_energy.sum())
+    if energy == 0.0:
+        # All-zero targets (a layer dead on the calibration data): zero weights and bias reproduce them
+        # exactly and read nothing, whereas any prior toward the original weights would leave an error.
+        return PruneResult(opened=(), coef=np.zeros((data.C.shape[0], data.n_features)), error=0.0, energy=0.0, feasible=True)
+    fits = local_fits(data, in_placement, out_placement, k, max_groups)
     opened: list[tuple[int, int]] = []
     if in_placement is not None:
         remote = in_placement[:, None] != np.arange(k)[None, :]
         if allowed is not None:
             remote &= allowed
-        candidates = [np.flatnonzero(remote[:, w]) if fits[w] is not None else np.zeros(0, dtype=np.int64) for w in range(k)]
-        gains = [fits[w].gains(candidates[w]) if fits[w] is not None else np.zeros(0) for w in range(k)]
+
+        def space(worker: int) -> int:
+            if fits[worker] is None:
+                return 0
+            return data.n_groups if max_groups is None else int(max_groups[worker]) - len(fits[worker].groups)
+
+        candidates = [np.flatnonzero(remote[:, w]) if space(w) > 0 else np.zeros(0, dtype=np.int64) for w in range(k)]
+        gains = [fits[w].gains(candidates[w]) if candidates[w].size else np.zeros(0) for w in range(k)]
 
         while True:
             current = sum(fit.error for fit in fits if fit is not None)
@@ -147,10 +184,11 @@ def prune_layer(
             if not batch:  # nothing measurably reduces the error (numerical floor of the fit)
                 break
             for worker, positions in batch.items():
+                positions = positions[: space(worker)]
                 groups = [int(candidates[worker][p]) for p in positions]
                 fits[worker].add_many(groups)
                 opened.extend((group, worker) for group in groups)
-                candidates[worker] = np.delete(candidates[worker], positions)
+                candidates[worker] = np.delete(candidates[worker], positions) if space(worker) > 0 else np.zeros(0, dtype=np.int64)
                 gains[worker] = fits[worker].gains(candidates[worker])
 
         if backward and target_error is not None and opened:
@@ -202,7 +240,8 @@ def _backward_elimination(fits: list[WorkerFit | None], opened: list[tuple[int, 
     """Drop opened pairs, cheapest first, while the error stays within ``target``.
 
     Removal losses interact, so several pairs are dropped at once only while their summed loss stays
-    under half the slack; the refit error is then checked and the batch undone if it broke the target.
+    under half the slack; the refit error is then checked, and a batch that broke the target is undone
+    (from a snapshot, no refactorisation) and retried with half as many pairs.
     """
     opened = list(opened)
     while opened:
@@ -214,24 +253,25 @@ def _backward_elimination(fits: list[WorkerFit | None], opened: list[tuple[int, 
         for worker, fit in enumerate(fits):
             mine = [g for g, w in opened if w == worker] if fit is not None else []
             if mine:
-                candidates += [(float(loss), worker, group) for loss, group in zip(fit.removal_losses(mine), mine)]
+                candidates += [(float(loss), worker, group) for loss, group in zip(fit.removal_losses(mine), mine, strict=True)]
         candidates.sort()
         if not candidates or candidates[0][0] > slack:
             break
         losses = np.cumsum([c[0] for c in candidates])
         count = max(1, int(np.searchsorted(losses, 0.5 * slack, side="right")))
-        count = min(count, max(1, len(opened) // 16)) if count > 1 else 1
-        chosen = candidates[:count]
-        before = {w: list(fits[w].groups) for _, w, _ in chosen}
-        for worker in before:
-            dropped = {g for _, w, g in chosen if w == worker}
-            fits[worker].reset(np.asarray([g for g in fits[worker].groups if g not in dropped], dtype=np.int64))
-        if sum(fit.error for fit in fits if fit is not None) > target and count > 1:
-            for worker, groups in before.items():  # the losses interacted: undo, then go one at a time
-                fits[worker].reset(np.asarray(groups, dtype=np.int64))
-            _, worker, group = candidates[0]
-            fits[worker].reset(np.asarray([g for g in fits[worker].groups if g != group], dtype=np.int64))
-            chosen = candidates[:1]
+        while True:
+            chosen = candidates[:count]
+            states = {w: fits[w].snapshot() for _, w, _ in chosen}
+            for worker in states:
+                dropped = {g for _, w, g in chosen if w == worker}
+                fits[worker].reset(np.asarray([g for g in fits[worker].groups if g not in dropped], dtype=np.int64))
+            if sum(fit.error for fit in fits if fit is not None) <= target:
+                break
+            for worker, state in states.items():  # the losses interacted: undo, then try fewer
+                fits[worker].restore(state)
+            if count == 1:
+                return opened  # even the cheapest single drop breaks the target
+            count //= 2
         for _, worker, group in chosen:
             opened.remove((group, worker))
     return opened
@@ -249,62 +289,112 @@ def _pruning_result(problem, coef: np.ndarray, opened, status, message: str, bou
                          stats={"opened_pairs": [list(p) for p in opened], **(stats or {})})
 
 
-def solve_pruning_greedy(problem) -> "BackendResult":  # noqa: F821 - imported lazily
+def solve_pruning_greedy(problem) -> BackendResult:
     """Group OMP + backward elimination on a PruningProblem (status FEASIBLE, or INFEASIBLE if the
-    tolerance is below what reading every input can reach)."""
+    tolerance is below what reading every input can reach).
+
+    Examples
+    --------
+    >>> import numpy as np, repurpose_opt as ro
+    >>> rng = np.random.default_rng(0)
+    >>> layer = ro.Dense(rng.normal(size=(4, 6)))
+    >>> X = rng.normal(size=(40, 6))
+    >>> problem = ro.PruningProblem(X, layer.apply(X), layer, [0, 0, 1, 1], ro.Cluster(k=2),
+    ...                             input_placement=[0, 0, 0, 1, 1, 1], comm_budget=2.0)
+    >>> result = solve_pruning_greedy(problem)
+    >>> result.status.value, len(result.stats["opened_pairs"])
+    ('FEASIBLE', 2)
+    """
+    with blas_threads(problem.network):
+        return _solve_pruning_greedy(problem)
+
+
+def _solve_pruning_greedy(problem) -> BackendResult:
     from .solution import Status
     from .solvers.base import BackendResult
 
+    caps = problem.max_groups
     data = problem.fit_data()
     if problem.tolerance is not None:
         data, target, smallest = feasible_fit_data(problem.fit_data, problem.tolerance)
         if data is None:
             return BackendResult(Status.INFEASIBLE, message=f"tolerance {problem.tolerance:.4g} cannot be met; the smallest relative error reachable is {smallest:.4g}")
-        result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target)
+        result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target, max_groups=caps)
         if not result.feasible:  # the greedy stalled above a target the full fit reaches: open the rest
-            result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=0.0, backward=False)
+            result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=0.0, backward=False,
+                                 max_groups=caps)
             if result.error > target * (1 + 1e-6):
-                return BackendResult(Status.NO_SOLUTION, message="the adjustment could not reach the tolerance")
+                why = " within the nnz budget" if caps is not None else ""
+                return BackendResult(Status.NO_SOLUTION, message=f"the adjustment could not reach the tolerance{why}")
     else:
-        result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, max_pairs=problem.max_pairs)
+        result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, max_pairs=problem.max_pairs,
+                             max_groups=caps)
     return _pruning_result(problem, result.coef, result.opened, Status.FEASIBLE, "group OMP + backward elimination")
 
 
-def exact_pair_table(data: LayerData, in_placement, out_placement, k: int, max_subsets: int):
-    """Per worker, the least error with exactly t remote pairs open (t = 0..|candidates|), by enumeration."""
-    from itertools import combinations
+def exact_pair_table(data: LayerData, in_placement, out_placement, k: int, max_subsets: int, max_groups=None):
+    """Per worker, the least error with exactly t remote pairs open (t = 0..|candidates|), by enumeration.
 
-    fits = local_fits(data, in_placement, out_placement, k)
+    ``choices[worker][t]`` is the best support (input units read) with t remote pairs. Without
+    ``max_groups`` every local input is kept (keeping one never hurts a least-squares fit); with it, the
+    supports of at most ``max_groups[worker]`` inputs, local ones included, are enumerated.
+    """
+    from itertools import combinations
+    from math import comb
+
     tables, choices = [], []
-    for worker, fit in enumerate(fits):
-        if fit is None or in_placement is None:
-            tables.append(np.array([fit.error if fit is not None else 0.0]))
+    all_groups = np.arange(data.n_groups)
+    for worker in range(k):
+        rows = np.flatnonzero(out_placement == worker)
+        if rows.size == 0:
+            tables.append(np.array([0.0]))
             choices.append([()])
             continue
-        local = list(np.flatnonzero(in_placement == worker))
-        candidates = list(np.flatnonzero(in_placement != worker))
-        if 2 ** len(candidates) > max_subsets:
-            raise ValueError(f"worker {worker} has {len(candidates)} candidate pairs: 2^{len(candidates)} subsets exceed {max_subsets}")
-        best = np.full(len(candidates) + 1, np.inf)
-        pick: list[tuple] = [()] * (len(candidates) + 1)
-        for size in range(len(candidates) + 1):
-            for subset in combinations(candidates, size):
-                fit.reset(np.asarray(local + list(subset), dtype=np.int64))
-                if fit.error < best[size]:
-                    best[size], pick[size] = fit.error, subset
+        local = all_groups if in_placement is None else np.flatnonzero(in_placement == worker)
+        remote = np.zeros(0, dtype=np.int64) if in_placement is None else np.flatnonzero(in_placement != worker)
+        cap = None if max_groups is None else int(max_groups[worker])
+        if cap is None or cap >= data.n_groups:
+            fixed, free, sizes = list(local), list(remote), range(len(remote) + 1)
+        else:
+            fixed, free, sizes = [], list(all_groups), range(min(cap, data.n_groups) + 1)
+        count = sum(comb(len(free), size) for size in sizes)
+        if count > max_subsets:
+            raise ValueError(f"worker {worker}: {len(free)} input units to choose from exceed {max_subsets} subsets")
+        fit = WorkerFit(data, rows, np.asarray(fixed, dtype=np.int64))
+        is_remote = np.zeros(data.n_groups, dtype=bool)
+        is_remote[remote] = True
+        best = np.full(len(remote) + 1, np.inf)
+        pick: list[tuple] = [()] * (len(remote) + 1)
+        for size in sizes:
+            for subset in combinations(free, size):
+                support = fixed + list(subset)
+                fit.reset(np.asarray(support, dtype=np.int64))
+                t = int(is_remote[list(subset)].sum()) if subset else 0
+                if fit.error < best[t]:
+                    best[t], pick[t] = fit.error, tuple(int(g) for g in support)
+        # More pairs allowed never hurts: best[t] = the least error with at most t pairs.
+        for t in range(1, best.size):
+            if best[t - 1] <= best[t]:
+                best[t], pick[t] = best[t - 1], pick[t - 1]
         tables.append(best)
         choices.append(pick)
     return tables, choices
 
 
-def solve_pruning_exact(problem, max_subsets: int = 1 << 14) -> "BackendResult":  # noqa: F821
+def solve_pruning_exact(problem, max_subsets: int = 1 << 14) -> BackendResult:
     """Exact PruningProblem by enumeration: the error separates by worker, so per-worker tables of the
     best error with t pairs are combined by a DP over the total number of pairs."""
+    with blas_threads(problem.network):
+        return _solve_pruning_exact(problem, max_subsets)
+
+
+def _solve_pruning_exact(problem, max_subsets: int) -> BackendResult:
     from .solution import Status
     from .solvers.base import BackendResult
 
     data = problem.fit_data(ridge=0.0)  # the plain least-squares problem, as defined
-    tables, choices = exact_pair_table(data, problem.in_placement, problem.output_placement, problem.k, max_subsets)
+    tables, choices = exact_pair_table(data, problem.in_placement, problem.output_placement, problem.k, max_subsets,
+                                       problem.max_groups)
     # combined[c] = least total error with c pairs; keep argmins for the reconstruction.
     combined = np.array([0.0])
     picks: list[np.ndarray] = []
@@ -322,29 +412,29 @@ def solve_pruning_exact(problem, max_subsets: int = 1 << 14) -> "BackendResult":
         picks.append(arg)
         combined = new
     if problem.tolerance is not None:
-        ok = np.flatnonzero(combined <= (problem.tolerance**2 + NUMERICAL_SLACK**2) * float(data.data_energy.sum()))
+        ok = np.flatnonzero(combined <= allowed_error_ratio(problem.tolerance) * float(data.data_energy.sum()))
         if ok.size == 0:
             return BackendResult(Status.INFEASIBLE, message="no set of pairs reaches the tolerance (proven by enumeration)")
         count = int(ok[0])
     else:
         count = int(np.argmin(combined[: (problem.max_pairs or 0) + 1]))
     per_worker = []
-    for table, arg in zip(reversed(tables), reversed(picks)):
+    for arg in reversed(picks):
         t = int(arg[count])
         per_worker.append(t)
         count -= t
     per_worker.reverse()
     opened = []
-    fits = local_fits(data, problem.in_placement, problem.output_placement, problem.k)
     coef = np.zeros((data.C.shape[0], data.n_features))
-    for worker, (fit, t) in enumerate(zip(fits, per_worker)):
-        if fit is None:
+    for worker, t in enumerate(per_worker):
+        rows = np.flatnonzero(problem.output_placement == worker)
+        if rows.size == 0:
             continue
-        subset = list(choices[worker][t])
-        if problem.in_placement is not None:
-            fit.reset(np.asarray(list(np.flatnonzero(problem.in_placement == worker)) + subset, dtype=np.int64))
+        support = list(choices[worker][t])
+        fit = WorkerFit(data, rows, np.asarray(support, dtype=np.int64))
         coef[fit.rows] = fit.coefficients()
-        opened += [(int(j), worker) for j in subset]
+        if problem.in_placement is not None:
+            opened += [(int(j), worker) for j in support if problem.in_placement[j] != worker]
     network = problem.result_network(coef)
     from .simulator import simulate
 

@@ -1,5 +1,10 @@
 """The numpy simulator: runs a placement worker by worker and meters every message (SPEC §2).
 
+Decisions where the SPEC is silent: peak activation memory counts a unit's output before pooling
+(``o_l`` scalars, the largest it gets); a replicated input counts as held by every worker; the gather is one
+more synchronous step after the last layer whose time is the slowest link into worker 0, and its bytes are
+reported apart from ``link_bytes`` (``gather_bytes``), which covers layers 1..L only.
+
 Every backend's answer is scored by :func:`simulate`, never by the backend itself. The simulator builds
 the explicit message plan of every layer (which activation goes from which worker to which), then, when
 data is given, lets each worker compute its own units from *only* the activations it owns or received, so
@@ -8,8 +13,9 @@ a wrong plan shows up as wrong outputs rather than as a wrong count.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,30 +48,56 @@ class LayerMessages:
     link_units: np.ndarray  # (K, K) count of units sent on each directed link
 
 
-def layer_messages(connectivity: sp.csr_array, source: np.ndarray | None, placement: np.ndarray, k: int) -> LayerMessages:
-    """Message plan of a layer whose inputs sit on ``source`` (``None``: replicated) and units on ``placement``."""
-    # needed[k, j]: some unit on worker k reads input j; read straight off the CSR arrays in O(nnz).
-    needed = np.zeros((k, connectivity.shape[1]), dtype=bool)
+def _consumers(connectivity: sp.csr_array, dense: np.ndarray | None, placement: np.ndarray, k: int) -> np.ndarray:
+    """``needed[k, j]``: some unit of worker k reads input unit j."""
+    n_inputs = connectivity.shape[1]
+    if dense is not None:
+        # OR together each worker's rows of the dense M_l (rows grouped by worker): one pass over M_l.
+        order = np.argsort(placement, kind="stable")
+        counts = np.bincount(placement, minlength=k)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        busy = np.flatnonzero(counts)
+        needed = np.zeros((k, n_inputs), dtype=bool)
+        needed[busy] = np.logical_or.reduceat(dense[order], starts[busy], axis=0)
+        return needed
+    # Sparse path for very large layers: read straight off the CSR arrays in O(nnz).
+    needed = np.zeros((k, n_inputs), dtype=bool)
     readers = np.repeat(placement, np.diff(connectivity.indptr))
     needed[readers, connectivity.indices] = True
+    return needed
+
+
+def layer_messages(connectivity: sp.csr_array, source: np.ndarray | None, placement: np.ndarray, k: int,
+                   dense: np.ndarray | None = None) -> LayerMessages:
+    """Message plan of a layer whose inputs sit on ``source`` (``None``: replicated) and units on ``placement``.
+
+    ``dense`` is ``connectivity`` as a dense boolean array, when the caller has it (faster for small layers).
+    """
+    needed = _consumers(connectivity, dense, placement, k)
     if source is None:
         sent = np.zeros_like(needed)
         link_units = np.zeros((k, k), dtype=np.int64)
         messages = np.zeros((0, 3), dtype=np.int64)
     else:
-        sent = needed & (source[None, :] != np.arange(k)[:, None])
+        sent = needed.copy()
+        sent[source, np.arange(source.shape[0])] = False  # the producer already holds its unit
         dst, unit = np.nonzero(sent)
         src = source[unit]
         messages = np.stack([unit, src, dst], axis=1).astype(np.int64)
-        link_units = np.zeros((k, k), dtype=np.int64)
-        np.add.at(link_units, (src, dst), 1)
+        link_units = np.bincount(src * k + dst, minlength=k * k).reshape(k, k).astype(np.int64)
     return LayerMessages(needed=needed, sent=sent, messages=messages, link_units=link_units)
 
 
 def normalize_assignment(
     network: Network, assignment: Sequence[Any], k: int, input_placement: Any = None
 ) -> tuple[np.ndarray, ...]:
-    """Validate an assignment and return it as read-only int arrays (``assignment[0]`` all -1 if replicated)."""
+    """Validate an assignment and return it as read-only int arrays (``assignment[0]`` all -1 if replicated).
+
+    ``input_placement`` decides how ``assignment[0]`` is read: ``"replicated"`` ignores it (all -1);
+    ``"free"`` requires a full placement; a fixed array must equal it (an omitted ``assignment[0]``,
+    ``None`` or all -1, stands for the fixed array); ``None`` infers the mode from ``assignment[0]``
+    (``None`` or all -1 means replicated).
+    """
     L = network.n_layers
     counts = network.unit_counts
     if isinstance(assignment, np.ndarray) or not isinstance(assignment, (list, tuple)):
@@ -74,27 +106,37 @@ def normalize_assignment(
         )
     if len(assignment) != L + 1:
         raise InvalidParameterError(f"`assignment` must hold {L + 1} placements (input + {L} layers), got {len(assignment)}")
-    replicated = isinstance(input_placement, str) and input_placement == "replicated"
     if isinstance(input_placement, str) and input_placement not in ("replicated", "free"):
         raise InvalidParameterError(f"`input_placement` must be 'replicated', 'free' or an array, got {input_placement!r}")
+    mode = "infer" if input_placement is None else input_placement if isinstance(input_placement, str) else "fixed"
+    fixed = None if mode != "fixed" else as_placement("input_placement", input_placement, counts[0], k)
     first = assignment[0]
-    if first is None:
-        replicated = True
-    elif not replicated:
-        first_array = np.asarray(first)
-        if first_array.ndim == 1 and first_array.size == counts[0] and first_array.dtype.kind in "iu" and np.all(first_array == REPLICATED):
-            replicated = True
+    first_replicated = first is None
+    if first is not None and mode != "replicated":
+        try:
+            first_array = np.asarray(first)
+        except (TypeError, ValueError):  # ragged input: as_placement below names the problem
+            first_array = np.zeros(0)
+        first_replicated = (
+            first_array.ndim == 1 and first_array.size == counts[0] and first_array.dtype.kind in "iu"
+            and bool(np.all(first_array == REPLICATED))
+        )
     out = []
-    if replicated:
+    if mode == "replicated" or (mode == "infer" and first_replicated):
         zero = np.full(counts[0], REPLICATED, dtype=np.int64)
         zero.flags.writeable = False
         out.append(zero)
+    elif first_replicated and mode == "fixed":
+        out.append(fixed)  # the fixed input placement stands in for an omitted assignment[0]
+    elif first_replicated:  # "free": the input must be placed
+        raise InvalidParameterError(
+            "`assignment[0]` must place every input unit (an int array of worker indices) when "
+            "`input_placement` is 'free', got a replicated input"
+        )
     else:
         out.append(as_placement("assignment[0]", first, counts[0], k))
-        if input_placement is not None and not isinstance(input_placement, str):
-            fixed = as_placement("input_placement", input_placement, counts[0], k)
-            if not np.array_equal(fixed, out[0]):
-                raise InvalidParameterError("`assignment[0]` must equal the fixed `input_placement`")
+        if fixed is not None and not np.array_equal(fixed, out[0]):
+            raise InvalidParameterError("`assignment[0]` must equal the fixed `input_placement`")
     for l in range(1, L + 1):
         out.append(as_placement(f"assignment[{l}]", assignment[l], counts[l], k))
     return tuple(out)
@@ -121,7 +163,11 @@ class SimulationReport:
     messages : tuple of ndarray
         Per layer, rows ``(unit of layer l-1, source, destination)``.
     flops, params, peak_activation : ndarray (K,)
-        Per-worker FLOPs, parameters and peak activation memory (scalars).
+        Per-worker FLOPs, parameters and peak activation memory (scalars). Memory in layer l counts the
+        input units the worker holds (its own layer-(l-1) units, the ones it received, or the whole input
+        when it is replicated) times ``s_{l-1}``, plus ``o_l`` scalars per unit it computes: a conv unit's
+        full ``H_out·W_out`` map exists before pooling shrinks it to ``s_l``. The peak is the largest layer.
+        Gathered outputs are not counted (the gather is a transfer, not a layer).
     flops_per_layer : ndarray (L, K)
     latency : float
         α-β model latency in seconds; ``latency_per_layer`` (L,) and ``gather_latency`` add up to it.
@@ -223,6 +269,8 @@ def simulate(
     sizes = network.message_sizes
 
     units = network.to_units(X) if X is not None else None
+    with np.errstate(over="ignore"):  # a FLOP rate beyond float64 is infinitely fast: compute time 0
+        rates = cluster.flop_rate * cluster.speed
     comm_per_layer = np.zeros(L)
     link_bytes = np.zeros((L, k, k))
     flops_per_layer = np.zeros((L, k))
@@ -233,7 +281,7 @@ def simulate(
     for l, layer in enumerate(network.structure, start=1):
         source = None if (l == 1 and replicated) else placements[l - 1]
         placement = placements[l]
-        plan = layer_messages(layer.connectivity, source, placement, k)
+        plan = layer_messages(layer.connectivity, source, placement, k, dense=layer.dense_connectivity)
         messages.append(plan.messages)
         s_in = layer.in_message_size
         comm_per_layer[l - 1] = s_in * plan.messages.shape[0]
@@ -246,7 +294,7 @@ def simulate(
             held = plan.sent | (source[None, :] == np.arange(k)[:, None])
         outputs_held = np.bincount(placement, minlength=k) * layer.output_positions
         peak = np.maximum(peak, held.sum(axis=1) * s_in + outputs_held)
-        compute = float(np.max(flops_per_layer[l - 1] / (cluster.flop_rate * cluster.speed)))
+        compute = float(np.max(flops_per_layer[l - 1] / rates))
         latency_per_layer[l - 1] = compute + _link_time(link_bytes[l - 1], cluster)
         if units is not None:
             units = _execute_layer(network, l, units, placement, held, k)
@@ -278,7 +326,7 @@ def simulate(
         latency=float(latency_per_layer.sum() + gather_latency),
         latency_per_layer=latency_per_layer,
         gather_latency=gather_latency,
-        single_worker_time=float(total_flops / (cluster.flop_rate * cluster.speed[0])),
+        single_worker_time=float(total_flops / rates[0]),
         outputs=None if units is None else units.reshape(units.shape[0], -1),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,14 +102,15 @@ def save_solution(solution: Solution, path: str | os.PathLike) -> Path:
     """
     if not isinstance(solution, Solution):
         raise InvalidParameterError(f"`solution` must be a repurpose_opt.Solution, got {type(solution).__name__}")
+    _check_fields(solution)
     arrays: dict[str, np.ndarray] = {}
     header: dict[str, Any] = {
         "status": solution.status.value,
-        "objective": solution.objective,
-        "bound": solution.bound,
-        "gap": solution.gap,
+        "objective": _jsonable(solution.objective),
+        "bound": _jsonable(solution.bound),
+        "gap": _jsonable(solution.gap),
         "backend": solution.backend,
-        "timings": solution.timings,
+        "timings": _jsonable(solution.timings),
         "message": solution.message,
         "stats": _jsonable(solution.stats),
         "cluster": None if solution.cluster is None else solution.cluster.to_dict(),
@@ -119,7 +121,7 @@ def save_solution(solution: Solution, path: str | os.PathLike) -> Path:
     }
     if solution.assignment is not None:
         for l, placement in enumerate(solution.assignment):
-            arrays[f"assignment{l}"] = np.asarray(placement, dtype=np.int64)
+            arrays[f"assignment{l}"] = _placement_array(l, placement)
     if solution.network is not None:
         header["network"], net_arrays = solution.network.to_payload()
         arrays.update({f"network.{key}": value for key, value in net_arrays.items()})
@@ -127,11 +129,21 @@ def save_solution(solution: Solution, path: str | os.PathLike) -> Path:
 
 
 def load_solution(path: str | os.PathLike) -> Solution:
-    """Read a solution written by :func:`save_solution`; its report is recomputed by the simulator."""
+    """Read a solution written by :func:`save_solution`; its report is recomputed by the simulator.
+
+    Raises
+    ------
+    FormatError
+        The file is missing, truncated or corrupted (checksums), of a newer format version, or its
+        description is malformed.
+    InvalidParameterError
+        ``path`` is not a path.
+    """
     from .simulator import simulate
 
     header, arrays = _io.read_npz(path, _FORMAT, _FORMAT_VERSION)
     try:
+        _check_header(header)
         network = None
         if header.get("network") is not None:
             prefix = "network."
@@ -166,10 +178,87 @@ def load_solution(path: str | os.PathLike) -> Solution:
             output=header["output"],
             seed=header["seed"],
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, FormatError):
             raise
         raise FormatError(f"{str(path)!r} has a malformed solution description: {exc!r}") from exc
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fields(solution: Solution) -> None:
+    """Refuse a hand-built Solution whose fields cannot be written faithfully (before anything is written)."""
+    from .guarantee import Guarantee
+
+    def fail(field_name: str, what: str, value: Any) -> None:
+        raise InvalidParameterError(f"`solution.{field_name}` must be {what}, got {type(value).__name__}")
+
+    if not isinstance(solution.status, Status):
+        fail("status", "a repurpose_opt.Status", solution.status)
+    for name in ("objective", "bound", "gap"):
+        value = getattr(solution, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            fail(name, "a real number or None", value)
+    if not isinstance(solution.backend, str):
+        fail("backend", "a str", solution.backend)
+    if not isinstance(solution.message, str):
+        fail("message", "a str", solution.message)
+    if not isinstance(solution.timings, dict):
+        fail("timings", "a dict", solution.timings)
+    if not isinstance(solution.stats, dict):
+        fail("stats", "a dict", solution.stats)
+    if solution.output not in ("gather", "distributed"):
+        raise InvalidParameterError(f"`solution.output` must be 'gather' or 'distributed', got {solution.output!r:.60}")
+    if solution.seed is not None and (isinstance(solution.seed, bool) or not isinstance(solution.seed, (int, np.integer))):
+        fail("seed", "an int or None", solution.seed)
+    if solution.network is not None and not isinstance(solution.network, Network):
+        fail("network", "a repurpose_opt.Network or None", solution.network)
+    if solution.cluster is not None and not isinstance(solution.cluster, Cluster):
+        fail("cluster", "a repurpose_opt.Cluster or None", solution.cluster)
+    if solution.guarantee is not None and not isinstance(solution.guarantee, Guarantee):
+        fail("guarantee", "a repurpose_opt Guarantee or None", solution.guarantee)
+    if solution.assignment is not None and (isinstance(solution.assignment, (str, bytes, np.ndarray))
+                                            or not isinstance(solution.assignment, (tuple, list))):
+        fail("assignment", "a tuple of int arrays or None", solution.assignment)
+
+
+def _placement_array(l: int, placement: Any) -> np.ndarray:
+    array = np.asarray(placement)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise InvalidParameterError(
+            f"`solution.assignment[{l}]` must be a 1-D integer array, got shape {array.shape} and dtype {array.dtype}"
+        )
+    return array.astype(np.int64)
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    """Types of every field :func:`load_solution` reads (a well-formed archive may still hold nonsense)."""
+    def bad(key: str, what: str) -> None:
+        raise FormatError(f"the solution's `{key}` must be {what}, got {header.get(key)!r:.60}")
+
+    for key in ("status", "backend", "message", "output", "timings", "stats", "n_assignment", "objective", "bound", "gap",
+                "seed", "cluster"):
+        if key not in header:
+            raise KeyError(key)
+    for key in ("objective", "bound", "gap"):
+        if header[key] is not None and not _is_number(header[key]):
+            bad(key, "a number or null")
+    for key in ("backend", "message"):
+        if not isinstance(header[key], str):
+            bad(key, "a string")
+    if header["output"] not in ("gather", "distributed"):
+        bad("output", "'gather' or 'distributed'")
+    if not isinstance(header["timings"], dict) or not all(_is_number(v) for v in header["timings"].values()):
+        bad("timings", "an object of numbers")
+    if not isinstance(header["stats"], dict):
+        bad("stats", "an object")
+    n = header["n_assignment"]
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        bad("n_assignment", "a positive integer or null")
+    if header["seed"] is not None and (not isinstance(header["seed"], int) or isinstance(header["seed"], bool)):
+        bad("seed", "an integer or null")
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

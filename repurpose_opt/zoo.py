@@ -14,8 +14,10 @@ name             network                                  data
 ===============  =======================================  ===========================================
 
 The digits split is stratified 70/30 with ``random_state=0`` (1257 training, 540 test samples); mnist1d uses
-its generator's own 4000/1000 split (seed 42). Training is seeded and single-threaded where it matters, so a
-fresh build gives the same weights on the same library versions.
+its generator's own 4000/1000 split (seed 42). Training is seeded and runs on one thread (BLAS limited to one
+thread through threadpoolctl, torch through ``set_num_threads(1)``), so a fresh build gives the same weights
+on any machine with the same library versions: with more BLAS threads scikit-learn's training rounds
+differently, and the weights would depend on the machine's core count (recipe version 2 fixed that).
 
 Cache: ``$REPURPOSE_OPT_CACHE`` if set, else ``$XDG_CACHE_HOME/repurpose-opt`` (``~/.cache/repurpose-opt``).
 A model file holds the network and its data in the package's checksummed ``.npz`` format; a corrupted or
@@ -33,20 +35,21 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from . import _io
+from ._validation import as_int
 from .errors import BackendUnavailableError, FormatError, InvalidParameterError
 from .network import Network
 
-__all__ = ["ZooModel", "MODELS", "load", "digits_mlp", "digits_cnn", "mnist1d_mlp", "cache_dir"]
+__all__ = ["ZooModel", "MODELS", "load", "digits_mlp", "digits_cnn", "mnist1d_mlp", "cache_dir", "cache_path"]
 
-#: Bumped whenever a recipe changes, so stale cache files are rebuilt.
-ZOO_VERSION = 1
+#: Bumped whenever a recipe changes, so stale cache files are rebuilt (2: training on one BLAS thread).
+ZOO_VERSION = 2
 _FORMAT = "repurpose-opt/zoo-model"
 
 
@@ -68,6 +71,7 @@ class ZooModel:
 
     def calibration(self, n: int = 1000) -> np.ndarray:
         """The first ``n`` training samples (the calibration set of SPEC §3)."""
+        n = as_int("n", n)
         if n < 1 or n > self.X_train.shape[0]:
             raise InvalidParameterError(f"`n` must be in 1..{self.X_train.shape[0]}, got {n}")
         return self.X_train[:n]
@@ -75,6 +79,8 @@ class ZooModel:
     def accuracy(self, network: Network | None = None) -> float:
         """Top-1 accuracy of ``network`` (default: this model's) on the held-out split."""
         net = self.network if network is None else network
+        if not isinstance(net, Network):
+            raise InvalidParameterError(f"`network` must be a repurpose_opt.Network, got {type(net).__name__}")
         return float(np.mean(net.forward(self.X_test).argmax(axis=1) == self.y_test))
 
 
@@ -85,6 +91,11 @@ def cache_dir() -> Path:
         return Path(root)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "repurpose-opt"
+
+
+def cache_path(name: str) -> Path:
+    """The cache file of model ``name`` for the current recipe version."""
+    return cache_dir() / f"{name}-v{ZOO_VERSION}.npz"
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -188,9 +199,12 @@ def _read(path: Path) -> ZooModel:
     if header.get("zoo_version") != ZOO_VERSION:
         raise FormatError(f"{str(path)!r} was built by another zoo recipe version")
     net_arrays = {key[len("network."):]: value for key, value in arrays.items() if key.startswith("network.")}
-    network = Network.from_payload(header["network"], net_arrays, where=repr(str(path)))
-    return ZooModel(header["name"], network, arrays["X_train"], arrays["y_train"], arrays["X_test"], arrays["y_test"],
-                    header["description"])
+    try:
+        network = Network.from_payload(header["network"], net_arrays, where=repr(str(path)))
+        return ZooModel(str(header["name"]), network, arrays["X_train"], arrays["y_train"], arrays["X_test"],
+                        arrays["y_test"], str(header["description"]))
+    except KeyError as exc:  # a well-formed archive without an expected entry is not a zoo model either
+        raise FormatError(f"{str(path)!r} lacks the entry {exc} of a zoo model") from exc
 
 
 def load(name: str, *, rebuild: bool = False, cache: bool = True) -> ZooModel:
@@ -204,15 +218,18 @@ def load(name: str, *, rebuild: bool = False, cache: bool = True) -> ZooModel:
     cache : bool
         Read and write the on-disk cache (``False``: always build in memory).
     """
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise InvalidParameterError(f"`name` must be one of {', '.join(repr(n) for n in MODELS)}, got {name!r}")
-    path = cache_dir() / f"{name}-v{ZOO_VERSION}.npz"
+    path = cache_path(name)
     if cache and not rebuild and path.is_file():
         try:
             return _read(path)
         except FormatError:
             pass  # corrupted or stale: rebuild below
-    model = MODELS[name]()
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    with threadpool_limits(limits=1):  # the weights must not depend on the machine's core count
+        model = MODELS[name]()
     if cache:
         try:
             _save(model, path)

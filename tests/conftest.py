@@ -18,6 +18,9 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Every solve in the tests is verified (`solve(..., verify=None)` reads this): an inconsistent backend result
+# fails the test that produced it instead of passing silently.
+os.environ.setdefault("REPURPOSE_OPT_VERIFY", "1")
 
 
 @pytest.fixture

@@ -371,6 +371,54 @@ def test_bound_holds_on_random_conv_networks(case, perturbation, explicit):
         assert "conv-explicit-eig" not in methods
 
 
+@st.composite
+def restructurable_networks(draw):
+    """Dense or conv networks whose every layer has at least 3 units, so K = 2 or 3 workers all get some."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    act = lambda: draw(st.sampled_from([ro.ReLU, ro.Tanh, ro.Sigmoid]))()  # noqa: E731
+    if draw(st.booleans()):
+        widths = [draw(st.integers(3, 8)) for _ in range(draw(st.integers(3, 4)))]
+        layers = []
+        for l in range(len(widths) - 1):
+            layers.append(ro.Dense(rng.normal(size=(widths[l + 1], widths[l])) / np.sqrt(widths[l]), rng.normal(size=widths[l + 1]) * 0.3))
+            if l < len(widths) - 2:
+                layers.append(act())
+        return ro.Network(layers, input_shape=(widths[0],)), rng
+    c_in, c_mid = draw(st.integers(1, 3)), draw(st.integers(3, 5))
+    layers = [ro.Conv2d(rng.normal(size=(c_mid, c_in, 3, 3)) / 3, rng.normal(size=c_mid) * 0.3, padding=1), act()]
+    if draw(st.booleans()):
+        layers.append(draw(st.sampled_from([ro.MaxPool2d, ro.AvgPool2d]))(kernel_size=2))
+        side = 3
+    else:
+        side = 6
+    layers += [ro.Flatten(), ro.Dense(rng.normal(size=(3, c_mid * side * side)) / side, rng.normal(size=3))]
+    return ro.Network(layers, input_shape=(c_in, 6, 6)), rng
+
+
+@settings(max_examples=15)
+@given(case=restructurable_networks(), tolerance=st.sampled_from([0.02, 0.1, 0.3]), k=st.sampled_from([2, 3]),
+       scale=st.sampled_from([0.1, 1.0, 10.0]))
+def test_bound_holds_on_real_restructurings(case, tolerance, k, scale):
+    """The solutions of the ``repurpose`` backend (placement, ℓ0 adjustment, cascade refit and the joint
+    refit) on random networks: the bound holds on inputs of every scale and certified samples keep their
+    prediction."""
+    net, rng = case
+    X_cal = rng.normal(size=(60,) + net.input_shape) * scale
+    problem = ro.RestructureProblem(net, ro.Cluster(k=k), calibration=X_cal, tolerance=tolerance)
+    sol = ro.solve(problem, backend="repurpose", options={"joint_iterations": 20})
+    assert sol.status is ro.Status.FEASIBLE
+    g = sol.guarantee
+    assert g.within_tolerances and g.A > 0
+    _assert_bound_holds(net, sol.network, g, _probe_inputs(net, sol.network, rng))
+    for probe_scale in (1e-2, 1.0, 1e2):
+        _assert_bound_holds(net, sol.network, g, _random_search(net, sol.network, g, rng, probe_scale, rounds=10))
+    X = np.concatenate([X_cal, rng.normal(size=(40,) + net.input_shape)])
+    certified = certify(sol, X)
+    f, f_hat = net.forward(X), sol.network.forward(X)
+    assert np.all(f.argmax(axis=1)[certified] == f_hat.argmax(axis=1)[certified])
+
+
 @settings(max_examples=25)
 @given(case=st.one_of(dense_networks(), conv_networks()), size=st.sampled_from([1e-6, 1e-4, 1e-2]))
 def test_certified_samples_never_change_prediction(case, size):

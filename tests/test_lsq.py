@@ -75,7 +75,7 @@ def test_conv_groups_are_input_channels():
     assert data.group_size == 9 and data.n_groups == 3
     fit = WorkerFit(data, np.array([0, 2]), np.array([1]))
     gains = fit.gains(np.array([0, 2]))
-    for j, gain in zip([0, 2], gains):
+    for j, gain in zip([0, 2], gains, strict=False):
         other = WorkerFit(data, np.array([0, 2]), np.array([1, j]))
         assert gain == pytest.approx(fit.error - other.error, rel=1e-6)
 

@@ -58,3 +58,25 @@ def layer_capacities(network: Network, cluster: Cluster, imbalance: float, input
         if cap is not None:
             cap.flags.writeable = False
     return tuple(caps)
+
+
+# Sums of squares over a calibration batch (Gram matrices, energies) must stay finite: float64 holds ~1.8e308.
+_ENERGY_LIMIT = 1e300
+
+
+def check_no_overflow(name: str, network: Network, X: np.ndarray) -> None:
+    """Refuse calibration data whose forward pass, or whose sums of squares, overflow float64.
+
+    Finite inputs such as ``1e300`` pass the finiteness check but make every Gram matrix infinite, so every
+    backend would fail later with a native message; this names the argument up front instead.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        trace = network.trace(X)
+        for where, array in [("the input", trace.activations[0])] + [
+            (f"layer {l}'s pre-activations", z) for l, z in enumerate(trace.pre_activations, start=1)
+        ]:
+            peak = float(np.max(np.abs(array))) if array.size else 0.0
+            if not np.isfinite(peak) or peak * peak * array.size > _ENERGY_LIMIT:
+                raise InvalidProblemError(
+                    f"`{name}` overflows float64 in {where} (largest magnitude {peak:.3g}); rescale the network or the data"
+                )

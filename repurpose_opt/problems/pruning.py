@@ -43,6 +43,11 @@ class PruningProblem:
         Exactly one: relative error allowed, or scalars per sample allowed.
     input_message_size : int
         Scalars per input unit for a Dense layer reading flattened channels (1 otherwise).
+    nnz_budget : float or array-like (k,), optional
+        Compute budget: most nonzero weights worker k's units may hold together (one value for every
+        worker, or one per worker). A unit reading an input unit holds all of that input's weights
+        (``input_message_size`` for a Dense reading a channel, ``kh·kw`` for a conv), so worker k can read
+        at most ``⌊nnz_budget_k / (units on k · weights per input unit)⌋`` input units, local ones included.
 
     Examples
     --------
@@ -66,6 +71,7 @@ class PruningProblem:
     tolerance: Any = None
     comm_budget: Any = None
     input_message_size: int = 1
+    nnz_budget: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.layer, (Dense, Conv2d)):
@@ -95,6 +101,36 @@ class PruningProblem:
             object.__setattr__(self, "tolerance", as_float("tolerance", self.tolerance, minimum=0.0, error=InvalidProblemError))
         else:
             object.__setattr__(self, "comm_budget", as_float("comm_budget", self.comm_budget, minimum=0.0, error=InvalidProblemError))
+        if self.nnz_budget is not None:
+            budget = as_float_array("nnz_budget", self.nnz_budget, ndim=(0, 1), error=InvalidProblemError)
+            if budget.ndim == 0:
+                budget = np.full(self.cluster.k, float(budget))
+            if budget.shape != (self.cluster.k,):
+                raise InvalidProblemError(f"`nnz_budget` must be a scalar or have one entry per worker ({self.cluster.k}), got shape {budget.shape}")
+            if np.any(budget < 0):
+                raise InvalidProblemError(f"`nnz_budget` must be >= 0, got minimum {budget.min()}")
+            object.__setattr__(self, "nnz_budget", readonly(budget))
+
+    @property
+    def weights_per_input(self) -> int:
+        """Weights one unit holds per input unit it reads (1, the channel size, or kh·kw)."""
+        return int(self.layer.W.size // (self.layer.n_out * self.network.unit_counts[0]))
+
+    @property
+    def max_groups(self) -> np.ndarray | None:
+        """Most input units each worker's units may read under ``nnz_budget`` (None: no budget)."""
+        if self.nnz_budget is None:
+            return None
+        rows = np.bincount(self.output_placement, minlength=self.k)
+        per_input = rows * self.weights_per_input
+        with np.errstate(divide="ignore"):
+            caps = np.where(per_input > 0, np.floor(np.asarray(self.nnz_budget) / np.maximum(per_input, 1) + 1e-9), self.network.unit_counts[0])
+        return np.minimum(caps, self.network.unit_counts[0]).astype(np.int64)
+
+    def worker_nnz(self, network: Network) -> np.ndarray:
+        """Nonzero weights held by each worker's units in a candidate one-layer network."""
+        W = network.linear_layers[0].W.reshape(self.layer.n_out, -1)
+        return np.bincount(self.output_placement, weights=np.count_nonzero(W, axis=1), minlength=self.k)
 
     @cached_property
     def network(self) -> Network:
@@ -177,6 +213,10 @@ class PruningProblem:
                 out.append(f"relative error {err:.6g} exceeds the tolerance {self.tolerance:.6g}")
         elif report.comm_scalars > self.comm_budget + 1e-9:
             out.append(f"volume {report.comm_scalars:.6g} exceeds the budget {self.comm_budget:.6g}")
+        if self.nnz_budget is not None:
+            nnz = self.worker_nnz(solution.network)
+            for worker in np.flatnonzero(nnz > np.asarray(self.nnz_budget) + 1e-9):
+                out.append(f"worker {worker} holds {nnz[worker]:.0f} nonzero weights, above its nnz budget {self.nnz_budget[worker]:.6g}")
         return out
 
     def result_network(self, coef: np.ndarray) -> Network:

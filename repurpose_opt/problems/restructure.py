@@ -12,7 +12,7 @@ from .._validation import as_choice, as_float, as_float_array, readonly
 from ..cluster import Cluster
 from ..errors import InvalidProblemError
 from ..network import Network
-from ._common import check_imbalance, check_input_placement, check_network_and_cluster, check_output, layer_capacities
+from ._common import check_imbalance, check_no_overflow, check_input_placement, check_network_and_cluster, check_output, layer_capacities
 
 __all__ = ["RestructureProblem", "calibration_errors"]
 
@@ -23,7 +23,7 @@ def calibration_errors(original: Network, restructured: Network, X: np.ndarray) 
     """Per-layer ``||Ẑ_l − Z_l||_F / ||Z_l||_F`` with both networks run on ``X`` (cascade errors)."""
     a, b = original.trace(X), restructured.trace(X)
     out = []
-    for z, z_hat in zip(a.pre_activations, b.pre_activations):
+    for z, z_hat in zip(a.pre_activations, b.pre_activations, strict=False):
         norm = float(np.linalg.norm(z))
         out.append(float(np.linalg.norm(z_hat - z)) / norm if norm > 0 else float(np.linalg.norm(z_hat)))
     return np.asarray(out)
@@ -89,6 +89,7 @@ class RestructureProblem:
         X = self.network._check_input(self.calibration, "calibration")
         if X.shape[0] < 1:
             raise InvalidProblemError("`calibration` must hold at least one sample")
+        check_no_overflow("calibration", self.network, X)
         object.__setattr__(self, "calibration", readonly(X))
         object.__setattr__(self, "input_placement", check_input_placement(self.input_placement, self.network, self.cluster))
         object.__setattr__(self, "output", check_output(self.output))
@@ -100,9 +101,9 @@ class RestructureProblem:
         if self.tolerance is not None:
             object.__setattr__(self, "tolerance", _per_layer("tolerance", self.tolerance, L))
         else:
-            budget = self.comm_budget
-            if np.ndim(budget) == 0:
-                object.__setattr__(self, "comm_budget", as_float("comm_budget", budget, minimum=0.0, error=InvalidProblemError))
+            budget = as_float_array("comm_budget", self.comm_budget, ndim=(0, 1))  # refuses ragged lists too
+            if budget.ndim == 0:
+                object.__setattr__(self, "comm_budget", as_float("comm_budget", float(budget), minimum=0.0, error=InvalidProblemError))
             else:
                 object.__setattr__(self, "comm_budget", _per_layer("comm_budget", budget, L))
 
@@ -128,6 +129,15 @@ class RestructureProblem:
         return layer_capacities(self.network, self.cluster, self.imbalance, self.input_mode == "free")
 
     @cached_property
+    def minimum_gather(self) -> float:
+        """Scalars per sample every placement sends to gather the outputs on worker 0 (0 when distributed):
+        the outputs that do not fit on worker 0 under the balance constraint."""
+        if self.output != "gather":
+            return 0.0
+        counts, sizes = self.network.unit_counts, self.network.message_sizes
+        return float(sizes[-1] * max(counts[-1] - int(self.capacities[-1][0]), 0))
+
+    @cached_property
     def layer_budgets(self) -> tuple[float, ...] | None:
         """Per-layer volume budgets in scalars (``None`` in tolerance mode)."""
         if self.comm_budget is None:
@@ -135,10 +145,7 @@ class RestructureProblem:
         if isinstance(self.comm_budget, tuple):
             return self.comm_budget
         counts, sizes = self.network.unit_counts, self.network.message_sizes
-        gather = 0.0
-        if self.output == "gather":
-            gather = sizes[-1] * max(counts[-1] - int(self.capacities[-1][0]), 0)
-        spare = max(self.comm_budget - gather, 0.0)
+        spare = max(self.comm_budget - self.minimum_gather, 0.0)
         all_to_all = np.array([counts[l - 1] * sizes[l - 1] for l in range(1, len(counts))], dtype=float)
         if self.input_mode == "replicated":
             all_to_all[0] = 0.0
@@ -153,11 +160,11 @@ class RestructureProblem:
         out = []
         if self.tolerance is not None:
             errors = calibration_errors(self.network, solution.network, self.calibration)
-            for l, (err, tol) in enumerate(zip(errors, self.tolerance), start=1):
+            for l, (err, tol) in enumerate(zip(errors, self.tolerance, strict=False), start=1):
                 if err > tol * (1 + 1e-7) + 1e-7:
                     out.append(f"layer {l}: calibration error {err:.6g} exceeds its tolerance {tol:.6g}")
         elif isinstance(self.comm_budget, tuple):
-            for l, (vol, budget) in enumerate(zip(report.comm_per_layer, self.comm_budget), start=1):
+            for l, (vol, budget) in enumerate(zip(report.comm_per_layer, self.comm_budget, strict=False), start=1):
                 if vol > budget + 1e-9:
                     out.append(f"layer {l}: volume {vol:.6g} exceeds its budget {budget:.6g}")
         elif report.comm_scalars > self.comm_budget + 1e-9:

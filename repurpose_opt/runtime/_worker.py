@@ -24,6 +24,23 @@ FAULT_ENV = "REPURPOSE_OPT_RUNTIME_FAULT"
 
 _STARTING = -1
 _DONE = 1_000_000
+# ``progress[world_size + rank]``: what the worker is doing inside its current step, so that a timeout can
+# tell the worker that hung from the peers blocked on it.
+WORKING, WAITING_FOR_MESSAGES, AT_BARRIER = 0, 1, 2
+
+
+class _Phase:
+    """``with _Phase(progress, slot, state):`` marks a blocking call in the shared progress array."""
+
+    def __init__(self, progress: Any, slot: int, state: int) -> None:
+        self.progress, self.slot, self.state = progress, slot, state
+
+    def __enter__(self) -> None:
+        self.progress[self.slot] = self.state
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:  # on an error the state stays: the failure report says where the worker was
+            self.progress[self.slot] = WORKING
 
 
 def worker_main(rank: int, world_size: int, job: dict[str, Any], progress: Any) -> None:
@@ -89,7 +106,7 @@ def _init_group(rank: int, world_size: int, job: dict[str, Any]) -> Any:
         init_method=job["init_method"],
         rank=rank,
         world_size=world_size,
-        timeout=datetime.timedelta(seconds=float(job["timeout"])),
+        timeout=datetime.timedelta(seconds=float(job["group_timeout"])),
     )
     return dist
 
@@ -172,7 +189,9 @@ def _run(rank: int, world_size: int, job: dict[str, Any], progress: Any) -> dict
         layers.append(_WorkerLayer(plan, rank, arrays, held_units))
         held_units = plan.owned[rank]
     x_held = torch.from_numpy(np.load(Path(job["workdir"]) / f"input{rank}.npy", allow_pickle=False))
-    dist = _init_group(rank, world_size, job)
+    slot = world_size + rank
+    with _Phase(progress, slot, AT_BARRIER):  # the rendezvous waits for every rank
+        dist = _init_group(rank, world_size, job)
     setup_time = time.perf_counter() - started
 
     L, k, n = model.n_layers, world_size, x_held.shape[0]
@@ -196,14 +215,16 @@ def _run(rank: int, world_size: int, job: dict[str, Any], progress: Any) -> dict
         received[:] = 0
         gather_sent[:] = 0
         gather_received[:] = 0
-        dist.barrier()  # every pass starts together
+        with _Phase(progress, slot, AT_BARRIER):
+            dist.barrier()  # every pass starts together
         begin = time.perf_counter()
         held = x_held
         for i, layer in enumerate(layers):
             progress[rank] = layer.index
             _fault(rank, layer.index)
             if synchronize:
-                dist.barrier()
+                with _Phase(progress, slot, AT_BARRIER):
+                    dist.barrier()
             t0 = time.perf_counter()
             requests, buffers = [], []
             for src, count in layer.receives:
@@ -217,20 +238,23 @@ def _run(rank: int, world_size: int, job: dict[str, Any], progress: Any) -> dict
                 requests.append(dist.isend(payload, dst=dst, tag=layer.index))
                 payloads.append(payload)
                 sent[i, dst] = payload.numel() * payload.element_size()
-            for request in requests:
-                request.wait()
+            with _Phase(progress, slot, WAITING_FOR_MESSAGES):
+                for request in requests:
+                    request.wait()
             pool = torch.cat([held] + buffers, dim=1) if buffers else held
             x = pool if layer.read_all else pool.index_select(1, layer.read_index)
             held = layer.compute(x)
             layer_times[p, i] = time.perf_counter() - t0
         progress[rank] = L + 1
         if synchronize:
-            dist.barrier()
+            with _Phase(progress, slot, AT_BARRIER):
+                dist.barrier()
         t0 = time.perf_counter()
         outputs = held
         if gather_out:
             payload = held.contiguous()
-            dist.isend(payload, dst=0, tag=L + 1).wait()
+            with _Phase(progress, slot, WAITING_FOR_MESSAGES):
+                dist.isend(payload, dst=0, tag=L + 1).wait()
             gather_sent[0] = payload.numel() * payload.element_size()
         elif gather_in:
             full = torch.empty((n, model.unit_counts[-1], s_out), dtype=x_held.dtype)
@@ -241,15 +265,18 @@ def _run(rank: int, world_size: int, job: dict[str, Any], progress: Any) -> dict
                 requests.append(dist.irecv(buffer, src=src, tag=L + 1))
                 buffers.append((units, buffer))
                 gather_received[src] = buffer.numel() * buffer.element_size()
-            for request in requests:
-                request.wait()
+            with _Phase(progress, slot, WAITING_FOR_MESSAGES):
+                for request in requests:
+                    request.wait()
             for units, buffer in buffers:
                 full[:, units] = buffer
             outputs = full
         end = time.perf_counter()
         gather_times[p] = end - t0
         total_times[p] = end - begin
-    dist.barrier()  # nobody tears the group down while a peer still waits on it
+    progress[rank] = _DONE - 1  # past the last pass
+    with _Phase(progress, slot, AT_BARRIER):
+        dist.barrier()  # nobody tears the group down while a peer still waits on it
     dist.destroy_process_group()
     if model.output == "gather":
         out_units = np.arange(model.unit_counts[-1]) if rank == 0 else np.zeros(0, dtype=np.int64)
@@ -278,9 +305,11 @@ def _calibrate(rank: int, world_size: int, job: dict[str, Any], progress: Any) -
     _fault(rank, 0)
     import torch
 
-    dist = _init_group(rank, world_size, job)
+    with _Phase(progress, world_size + rank, AT_BARRIER):
+        dist = _init_group(rank, world_size, job)
     size = int(job["matmul_size"])
     repeats = int(job["repeats"])
+    progress[rank] = 1
     generator = torch.Generator().manual_seed(rank)
     a = torch.randn((size, size), generator=generator)
     b = torch.randn((size, size), generator=generator)
@@ -298,7 +327,7 @@ def _calibrate(rank: int, world_size: int, job: dict[str, Any], progress: Any) -
     pingpongs = int(job["pingpongs"])
     # rtt[j, s, r]: round trip of the r-th ping-pong of sizes[s] bytes between this worker and j (as initiator)
     rtt = np.full((world_size, len(sizes), pingpongs), np.nan)
-    progress[rank] = 1
+    progress[rank] = 2
     for i in range(world_size):
         for j in range(i + 1, world_size):
             if rank in (i, j):

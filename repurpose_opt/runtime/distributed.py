@@ -7,15 +7,17 @@ failed where, so a run never hangs.
 
 Start-up cost is dominated by importing torch in each worker. By default the workers are forked from a
 ``forkserver`` that has torch and this package preloaded, so the import is paid once per parent process
-(about 1.5 s) instead of once per worker per run; ``start_method="spawn"`` starts clean interpreters.
+(a few seconds on a loaded machine) instead of once per worker per run; ``start_method="spawn"`` starts clean interpreters.
 
 Several hosts
 -------------
 Rendezvous uses ``init_method``: by default a ``file://`` path in a fresh temporary directory (no port to
-pick, no clash). For a real cluster use ``tcp://MASTER_ADDR:PORT`` (or ``env://`` with ``MASTER_ADDR``
-and ``MASTER_PORT`` set), put the export directory on every host and start rank r there with
-:func:`repurpose_opt.runtime._worker.worker_main`; :func:`run_distributed` itself starts all ranks on
-this host, which is how it is tested (``tcp://127.0.0.1:PORT`` on loopback).
+pick, no clash). For several hosts, copy the export directory and the batch to every host and call
+``run_distributed(export_dir, X, init_method="tcp://HOST0:PORT", ranks=[...])`` (or ``repurpose-opt run
+--init-method tcp://HOST0:PORT --ranks ...``) on each host with the ranks it runs; HOST0 is the host of
+rank 0, whose process listens on PORT. ``env://`` reads ``MASTER_ADDR``/``MASTER_PORT`` instead. Each
+host's result covers its own workers (the sink's host gets the gathered outputs). This path is tested
+on loopback (``MASTER_ADDR=127.0.0.1``, two "hosts" as two callers in one machine).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,9 @@ __all__ = ["run_distributed", "RunResult", "RuntimeFailure"]
 _START_METHODS = ("forkserver", "spawn")
 _PRELOAD = ["torch", "torch.distributed", "torch.nn.functional", "repurpose_opt.runtime._worker", "repurpose_opt.runtime.export"]
 _GRACE = 0.5  # seconds to let the other workers report after the first failure (to name the root cause)
+# The process group's timeout exceeds the run's by this much: the parent's deadline always fires first (and
+# names where every worker was); the group's only frees workers whose parent vanished.
+_GROUP_TIMEOUT_MARGIN = 10.0
 
 
 class RuntimeFailure(RepurposeError, RuntimeError):
@@ -56,26 +62,37 @@ class RunResult:
     Attributes
     ----------
     outputs : ndarray (N, n_outputs)
-        The network outputs in original unit order (float64 copy of the wire dtype).
+        The network outputs in original unit order (float64 copy of the wire dtype). When only some ranks
+        ran here (``ranks``), the outputs no local worker holds are NaN: all of them with
+        ``output="gather"`` unless the sink, worker 0, is local.
     link_bytes : ndarray (L, K, K), int
         Bytes actually handed to ``isend`` on each directed link ``(src, dst)`` in each layer, for the
-        whole batch (``N`` times the simulator's per-sample ``link_bytes``).
+        whole batch (``N`` times the simulator's per-sample ``link_bytes``). Links with neither end here
+        are 0 in a partial run.
     gather_bytes : ndarray (K,), int
         Bytes each worker sent to the sink, worker 0, for ``output="gather"``.
     layer_times : ndarray (L,)
-        Seconds per layer, the maximum over workers (median over ``repeats``).
+        Seconds per layer, the maximum over (local) workers (median over ``repeats``).
     gather_time, total_time : float
         The gather step and the whole forward pass (first layer to outputs), max over workers.
     worker_layer_times : ndarray (K, L)
     worker_total_times : ndarray (K,)
     setup_times : ndarray (K,)
-        Per worker: loading its shard and joining the process group.
+        Per worker: loading its shard and joining the process group. NaN for workers on other hosts.
     wall_time : float
         The whole call, process start-up included.
     n_samples, k : int
     backend, init_method : str
     synchronized : bool
         Whether a barrier separated layers (the α-β model's synchronous schedule).
+    repeats : int
+    ranks : tuple of int
+        The workers that ran on this host (all K unless ``run_distributed(ranks=...)``).
+    output : str
+        The export's output mode, ``"gather"`` or ``"distributed"``.
+    pass_times : ndarray (repeats,)
+        Every timed pass, first layer to outputs, max over workers: ``total_time`` is their median; their
+        minimum is the run with the least interference from other processes on the host.
     """
 
     outputs: np.ndarray
@@ -94,6 +111,20 @@ class RunResult:
     init_method: str
     synchronized: bool
     repeats: int = 1
+    ranks: tuple[int, ...] = ()
+    output: str = "gather"
+    pass_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def complete(self) -> bool:
+        """Whether every worker ran here (then every figure covers the whole run)."""
+        return len(self.ranks) == self.k
+
+    def known_links(self) -> np.ndarray:
+        """``(K, K)`` mask of the links whose bytes this result knows (one end ran here)."""
+        here = np.zeros(self.k, dtype=bool)
+        here[list(self.ranks)] = True
+        return here[:, None] | here[None, :]
 
     @property
     def bytes_per_layer(self) -> np.ndarray:
@@ -135,62 +166,99 @@ def _context(start_method: str | None) -> Any:
     return ctx
 
 
-def _describe_layer(value: int, n_layers: int | None) -> str:
-    if value <= 0:
-        return "start-up"
-    if value >= 1_000_000:
-        return "finished"
-    if n_layers is not None and value == n_layers + 1:
-        return "the gather"
-    return f"layer {value}"
+def _describe_layer(value: int, n_layers: int | None, phase: int = 0, steps: dict[int, str] | None = None) -> str:
+    from ._worker import AT_BARRIER, WAITING_FOR_MESSAGES
+
+    if steps and value in steps:
+        where = steps[value]
+    elif value <= 0:
+        where = "start-up"
+    elif value >= 1_000_000:
+        where = "finished"
+    elif value == 1_000_000 - 1:
+        where = "the final barrier"
+    elif n_layers is not None and value == n_layers + 1:
+        where = "the gather"
+    else:
+        where = f"layer {value}"
+    if phase == WAITING_FOR_MESSAGES:
+        return f"waiting for messages in {where}"
+    if phase == AT_BARRIER:
+        return f"waiting for the other workers in {where}"
+    return f"in {where}"
 
 
-def launch(job: dict[str, Any], k: int, timeout: float, start_method: str | None, n_layers: int | None = None) -> None:
-    """Start ``k`` workers on ``job`` and wait for all of them; raise :class:`RuntimeFailure` on any failure.
+def launch(
+    job: dict[str, Any], k: int, timeout: float, start_method: str | None, n_layers: int | None = None,
+    ranks: Sequence[int] | None = None, steps: dict[int, str] | None = None,
+) -> None:
+    """Start the workers ``ranks`` (default all ``k``) on ``job``, wait for them, raise on any failure.
 
     Workers report through files in ``job["workdir"]``. The parent waits on the process sentinels, so a
     worker's death is seen at once; after the first failure the others get a short grace period to report
-    (their errors are usually consequences), then every worker still alive is killed.
+    (their errors are usually consequences), then every worker still alive is killed. The deadline is the
+    parent's: the process group's own timeout is longer (see ``_GROUP_TIMEOUT_MARGIN``), so a hang is always
+    reported as a hang, with where each worker was. ``steps`` names progress values other than layers.
     """
     from ._worker import worker_main
 
+    ranks = list(range(k)) if ranks is None else list(ranks)
     ctx = _context(start_method)
-    progress = ctx.Array("i", [0] * k, lock=False)
+    progress = ctx.Array("i", [0] * (2 * k), lock=False)  # per rank: step, then phase (see _worker)
     job = dict(job, env=dict(os.environ))
-    processes = [ctx.Process(target=worker_main, args=(rank, k, job, progress), daemon=True, name=f"repurpose-opt-worker-{rank}") for rank in range(k)]
+    processes = {
+        rank: ctx.Process(target=worker_main, args=(rank, k, job, progress), daemon=True, name=f"repurpose-opt-worker-{rank}")
+        for rank in ranks
+    }
     deadline = time.monotonic() + timeout
+    order: list[int] = []
     try:
-        _start_without_main(processes)
+        _start_without_main(list(processes.values()))
         first_failure: float | None = None
         while True:
-            codes = [process.exitcode for process in processes]
-            failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
+            codes = {rank: process.exitcode for rank, process in processes.items()}
+            failed = [rank for rank, code in codes.items() if code not in (None, 0)]
             if failed and first_failure is None:
                 first_failure = time.monotonic()
-                order = failed
-            if all(code == 0 for code in codes):
+                # Failures seen in the same poll: the one that died silently or raised its own error is the
+                # cause; transport errors from its peers are consequences.
+                order = sorted(failed, key=lambda rank: _consequence_rank(job, rank))
+            if all(code == 0 for code in codes.values()):
                 return
             now = time.monotonic()
-            if first_failure is not None and (now - first_failure >= _GRACE or all(c is not None for c in codes)):
-                order += [rank for rank in failed if rank not in order]
-                raise RuntimeFailure(_failure_message(job, codes, order, list(progress), n_layers))
+            if first_failure is not None and (now - first_failure >= _GRACE or all(c is not None for c in codes.values())):
+                later = sorted((rank for rank in failed if rank not in order), key=lambda rank: _consequence_rank(job, rank))
+                raise RuntimeFailure(_failure_message(job, codes, order + later, list(progress), n_layers, steps))
             if now >= deadline:
-                running = [rank for rank, code in enumerate(codes) if code is None]
-                where = ", ".join(f"worker {rank} in {_describe_layer(progress[rank], n_layers)}" for rank in running)
+                running = [rank for rank, code in codes.items() if code is None]
+                where = ", ".join(f"worker {rank} {_describe_layer(progress[rank], n_layers, progress[k + rank], steps)}" for rank in running)
                 raise RuntimeFailure(
-                    f"distributed run timed out after {timeout:g} s: {len(running)} of {k} workers still running "
-                    f"({where}); all workers were stopped. A worker hung or the rendezvous "
+                    f"distributed run timed out after {timeout:g} s: {len(running)} of {len(processes)} workers still "
+                    f"running ({where}); all workers were stopped. A worker hung or the rendezvous "
                     f"({job['init_method']}) never completed; raise `timeout` for a slow start-up."
                 )
-            alive = [process.sentinel for process, code in zip(processes, codes, strict=True) if code is None]
+            alive = [process.sentinel for rank, process in processes.items() if codes[rank] is None]
             wait = min(deadline - now, 0.05 if first_failure is not None else 1.0)
             multiprocessing.connection.wait(alive, timeout=max(wait, 0.0))
     finally:
-        for process in processes:
+        for process in processes.values():
             if process.is_alive():
                 process.kill()
-        for process in processes:
+        for process in processes.values():
             process.join(timeout=5)
+
+
+#: Words of the errors a worker gets when a peer vanished: such a failure is a consequence, not a cause.
+_TRANSPORT_WORDS = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "gloo", "distbackenderror", "socket")
+
+
+def _consequence_rank(job: dict[str, Any], rank: int) -> int:
+    """0: died without a report (the likely cause); 1: raised its own error; 2: a transport error."""
+    error_file = Path(job["workdir"]) / f"error{rank}.txt"
+    if not error_file.is_file():
+        return 0
+    headline = (error_file.read_text().strip().splitlines() or [""])[0].lower()
+    return 2 if any(word in headline for word in _TRANSPORT_WORDS) else 1
 
 
 _MAIN_LOCK = threading.Lock()
@@ -220,23 +288,27 @@ def _start_without_main(processes: list[Any]) -> None:
                 main.__dict__.update(saved)
 
 
-def _failure_message(job: dict[str, Any], codes: list[int | None], order: list[int], progress: list[int], n_layers: int | None) -> str:
+def _failure_message(
+    job: dict[str, Any], codes: dict[int, int | None], order: list[int], progress: list[int], n_layers: int | None,
+    steps: dict[int, str] | None = None,
+) -> str:
+    k = len(progress) // 2
     workdir = Path(job["workdir"])
     parts = []
     for position, rank in enumerate(order):
         code = codes[rank]
-        where = _describe_layer(progress[rank], n_layers)
+        where = _describe_layer(progress[rank], n_layers, progress[k + rank], steps)
         error_file = workdir / f"error{rank}.txt"
         if error_file.is_file():
             text = error_file.read_text().strip()
             headline = text.splitlines()[0] if text else "unknown error"
             if position > 0 and len(headline) > 160:  # a consequence: the peers' transport errors are long
                 headline = headline[:157] + "..."
-            what = f"worker {rank} failed in {where}: {headline}"
+            what = f"worker {rank} failed {where}: {headline}"
         elif code is not None and code < 0:
-            what = f"worker {rank} was killed by signal {-code} in {where}"
+            what = f"worker {rank} was killed by signal {-code} {where}"
         else:
-            what = f"worker {rank} died with exit code {code} in {where} without reporting an error (crashed or exited)"
+            what = f"worker {rank} died with exit code {code} {where} without reporting an error (crashed or exited)"
         parts.append(what if position == 0 else f"then {what}")
     return "distributed run failed: " + "; ".join(parts) + "; all workers were stopped"
 
@@ -269,6 +341,7 @@ def run_distributed(
     backend: str = "gloo",
     timeout: float = 60.0,
     *,
+    ranks: Iterable[int] | None = None,
     synchronize: bool = False,
     repeats: int = 1,
     warmup: int = 0,
@@ -292,13 +365,17 @@ def run_distributed(
     world_size : int, optional
         Must equal the export's K when given.
     init_method : str, optional
-        Rendezvous URL: default ``file://`` in a fresh temporary directory; ``tcp://HOST:PORT``;
-        ``env://`` (``MASTER_ADDR``/``MASTER_PORT``).
+        Rendezvous URL: default ``file://`` in a fresh temporary directory; ``tcp://HOST:PORT`` (HOST is
+        where rank 0 runs; it listens on PORT); ``env://`` (``MASTER_ADDR``/``MASTER_PORT``).
     backend : str
         ``torch.distributed`` backend ("gloo" for CPU tensors).
     timeout : float
         Seconds for the whole run, start-up included; on expiry every worker is killed and
-        :class:`RuntimeFailure` is raised. Also the process group's own timeout.
+        :class:`RuntimeFailure` is raised.
+    ranks : iterable of int, optional
+        The ranks to start on this host (default: all K). On several hosts, call this on each host with
+        the same export, batch and ``init_method`` (``tcp://`` or ``env://``) and that host's ranks; the
+        result then covers the local ranks (see :class:`RunResult`).
     synchronize : bool
         Put a barrier before every layer, as the α-β latency model assumes; per-layer times then measure
         one layer alone. Without it workers proceed as soon as their inputs arrive.
@@ -313,11 +390,6 @@ def run_distributed(
     -------
     RunResult
 
-    Notes
-    -----
-    The workers do not re-import the caller's main module (unlike plain ``spawn`` multiprocessing), so
-    this works from scripts, ``python -``, notebooks and the CLI alike.
-
     Raises
     ------
     RuntimeFailure
@@ -325,15 +397,23 @@ def run_distributed(
     FormatError
         The export directory is invalid.
 
+    Notes
+    -----
+    The workers do not re-import the caller's main module (unlike plain ``spawn`` multiprocessing), so
+    this works from scripts, ``python -``, notebooks and the CLI alike.
+
     Examples
     --------
-    >>> import numpy as np, repurpose_opt as ro
-    >>> from repurpose_opt.runtime import run_distributed
-    >>> net = ro.Network([ro.Dense(np.eye(4)), ro.ReLU(), ro.Dense(np.ones((2, 4)))], input_shape=(4,))
-    >>> sol = ro.solve(ro.PartitionProblem(net, ro.Cluster(k=2)), backend="direct")
-    >>> result = run_distributed(sol, np.array([[1.0, -2.0, 3.0, 4.0]]))  # doctest: +SKIP
-    >>> result.outputs.tolist(), result.link_bytes.sum(axis=(1, 2)).tolist()  # doctest: +SKIP
-    ([[8.0, 8.0]], [0, 16])
+    Starting workers takes seconds (each imports torch), so this example is not run as a doctest; the
+    same run is in ``tests/test_runtime.py``::
+
+        import numpy as np, repurpose_opt as ro
+        from repurpose_opt.runtime import run_distributed
+        net = ro.Network([ro.Dense(np.eye(4)), ro.ReLU(), ro.Dense(np.ones((2, 4)))], input_shape=(4,))
+        sol = ro.solve(ro.PartitionProblem(net, ro.Cluster(k=2)), backend="direct")
+        result = run_distributed(sol, np.array([[1.0, -2.0, 3.0, 4.0]]))
+        result.outputs.tolist(), result.link_bytes.sum(axis=(1, 2)).tolist()
+        # -> ([[8.0, 8.0]], [0, 16])
     """
     from ..solution import Solution
 
@@ -359,12 +439,18 @@ def run_distributed(
         k = model.k
         if world_size is not None and as_int("world_size", world_size, minimum=1) != k:
             raise InvalidParameterError(f"`world_size` must equal the export's number of workers ({k}), got {world_size}")
+        local = _check_ranks(ranks, k)
         units = model.input_units(X)
         n = units.shape[0]
         if n < 1:
             raise InvalidParameterError("`X` must hold at least one sample")
+        if len(local) < k and (init_method is None or init_method.startswith("file://")):
+            raise InvalidParameterError(
+                f"`init_method` must be 'tcp://HOST:PORT' or 'env://' when `ranks` starts only {list(local)} of the "
+                f"{k} workers here: the other hosts must reach the rendezvous"
+            )
         init = _check_init_method(init_method, workdir)
-        for rank in range(k):
+        for rank in local:
             held = np.ascontiguousarray(units[:, model.held_input(rank)], dtype=model.dtype)
             np.save(workdir / f"input{rank}.npy", held, allow_pickle=False)
         job = {
@@ -373,51 +459,92 @@ def run_distributed(
             "workdir": str(workdir),
             "init_method": init,
             "backend": backend,
-            "timeout": timeout,
+            "group_timeout": timeout + _GROUP_TIMEOUT_MARGIN,
             "synchronize": synchronize,
             "repeats": repeats,
             "warmup": warmup,
             "num_threads": num_threads,
         }
-        launch(job, k, timeout, start_method, n_layers=model.n_layers)
-        return _collect(model, workdir, n, backend, init, synchronize, repeats, time.perf_counter() - started)
+        launch(job, k, timeout, start_method, n_layers=model.n_layers, ranks=local)
+        return _collect(model, workdir, n, local, backend, init, synchronize, repeats, time.perf_counter() - started)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _collect(model: ExportedModel, workdir: Path, n: int, backend: str, init: str, synchronize: bool, repeats: int, wall: float) -> RunResult:
-    k = model.k
-    results = []
-    for rank in range(k):
+def _check_ranks(ranks: Iterable[int] | None, k: int) -> tuple[int, ...]:
+    if ranks is None:
+        return tuple(range(k))
+    if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Iterable):
+        raise InvalidParameterError(f"`ranks` must be an iterable of worker ranks in 0..{k - 1}, got {ranks!r}")
+    values = [as_int("ranks", rank, minimum=0) for rank in ranks]
+    if not values or len(set(values)) != len(values) or max(values) >= k:
+        raise InvalidParameterError(f"`ranks` must hold distinct worker ranks in 0..{k - 1}, at least one, got {values}")
+    return tuple(sorted(values))
+
+
+def _collect(
+    model: ExportedModel, workdir: Path, n: int, local: Sequence[int], backend: str, init: str, synchronize: bool,
+    repeats: int, wall: float,
+) -> RunResult:
+    """Assemble the local workers' reports; cross-check every count that two local workers both saw."""
+    k, L = model.k, model.n_layers
+    results = {}
+    for rank in local:
         with np.load(workdir / f"result{rank}.npz", allow_pickle=False) as data:
-            results.append({key: np.array(data[key]) for key in data.files})
-    link_bytes = np.stack([results[src]["sent"] for src in range(k)], axis=1)  # (L, src, dst)
-    received = np.stack([results[dst]["received"] for dst in range(k)], axis=2)  # (L, src, dst)
-    if not np.array_equal(link_bytes, received):
-        raise RuntimeFailure("workers disagree on the bytes exchanged: some link's sent and received counts differ")
-    gather_bytes = np.array([int(results[rank]["gather_sent"][0]) for rank in range(k)], dtype=np.int64)
-    if not np.array_equal(gather_bytes, results[0]["gather_received"]):
-        raise RuntimeFailure("the sink received a different number of gather bytes than the workers sent")
-    outputs = np.empty((n, model.unit_counts[-1], model.message_sizes[-1]))
+            results[rank] = {key: np.array(data[key]) for key in data.files}
+    # A link's bytes are known from its sender's count and from its receiver's; both when both are here.
+    link_bytes = np.zeros((L, k, k), dtype=np.int64)
+    for dst, result in results.items():
+        link_bytes[:, :, dst] = result["received"]  # received[l, src]
+    for src, result in results.items():
+        sent = result["sent"]  # sent[l, dst]
+        both = [dst for dst in local if dst != src]
+        if not np.array_equal(sent[:, both], link_bytes[:, src, both]):
+            raise RuntimeFailure(f"workers disagree on the bytes exchanged: worker {src}'s sent counts differ from its receivers'")
+        link_bytes[:, src, :] = sent
+    gather_bytes = np.zeros(k, dtype=np.int64)
+    if 0 in results:
+        gather_bytes[:] = results[0]["gather_received"]
+    for src, result in results.items():
+        if src != 0 and 0 in results and int(result["gather_sent"][0]) != gather_bytes[src]:
+            raise RuntimeFailure("the sink received a different number of gather bytes than the workers sent")
+        gather_bytes[src] = max(gather_bytes[src], int(result["gather_sent"][0]))
+    outputs = np.full((n, model.unit_counts[-1], model.message_sizes[-1]), np.nan)
     covered = np.zeros(model.unit_counts[-1], dtype=bool)
-    for result in results:
+    for result in results.values():
         outputs[:, result["output_units"]] = result["outputs"]
         covered[result["output_units"]] = True
-    if not covered.all():
-        raise RuntimeFailure(f"output units {np.flatnonzero(~covered)[:10].tolist()} came back from no worker")
-    layer_times = np.stack([r["layer_times"] for r in results])  # (K, R, L)
-    totals = np.stack([r["total_times"] for r in results])  # (K, R)
-    gathers = np.stack([r["gather_times"] for r in results])
+    expected = np.zeros(model.unit_counts[-1], dtype=bool)
+    if model.output == "gather" and 0 in results:
+        expected[:] = True
+    elif model.output == "distributed":
+        for rank in local:
+            expected[model.layers[-1].owned[rank]] = True
+    if np.any(expected & ~covered):
+        raise RuntimeFailure(f"output units {np.flatnonzero(expected & ~covered)[:10].tolist()} came back from no worker")
+
+    def per_worker(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        out = np.full((k, repeats) + shape, np.nan)
+        for rank, result in results.items():
+            out[rank] = result[key].reshape((repeats,) + shape)
+        return out
+
+    layer_times = per_worker("layer_times", (L,))  # (K, R, L); NaN for workers on other hosts
+    totals = per_worker("total_times", ())
+    gathers = per_worker("gather_times", ())
+    setup = np.full(k, np.nan)
+    for rank, result in results.items():
+        setup[rank] = float(result["setup_time"][0])
     return RunResult(
         outputs=outputs.reshape(n, -1),
-        link_bytes=link_bytes.astype(np.int64),
+        link_bytes=link_bytes,
         gather_bytes=gather_bytes,
-        layer_times=np.median(layer_times.max(axis=0), axis=0),
-        gather_time=float(np.median(gathers.max(axis=0))),
-        total_time=float(np.median(totals.max(axis=0))),
+        layer_times=np.median(np.nanmax(layer_times, axis=0), axis=0),
+        gather_time=float(np.median(np.nanmax(gathers, axis=0))),
+        total_time=float(np.median(np.nanmax(totals, axis=0))),
         worker_layer_times=np.median(layer_times, axis=1),
         worker_total_times=np.median(totals, axis=1),
-        setup_times=np.array([float(r["setup_time"][0]) for r in results]),
+        setup_times=setup,
         wall_time=wall,
         n_samples=n,
         k=k,
@@ -425,4 +552,7 @@ def _collect(model: ExportedModel, workdir: Path, n: int, backend: str, init: st
         init_method=init,
         synchronized=synchronize,
         repeats=repeats,
+        ranks=tuple(local),
+        output=model.output,
+        pass_times=np.nanmax(totals, axis=0),
     )

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import _io
-from .._validation import as_choice, as_float_array
+from .._validation import as_choice, as_float_array, as_path
 from ..errors import FormatError, InvalidParameterError, InvalidProblemError
 from ..layers import Conv2d, Flatten, conv2d, layer_from_config
 from ..network import Network
@@ -293,7 +293,7 @@ def export(solution: Any, directory: str | os.PathLike, *, dtype: str = "float32
     k = solution.cluster.k
     placements = normalize_assignment(network, list(solution.assignment), k)
     replicated = bool(placements[0].size and placements[0][0] == REPLICATED)
-    directory = Path(directory)
+    directory = as_path("directory", directory)
     if directory.exists() and not directory.is_dir():
         raise InvalidParameterError(f"`directory` must be a directory, got the file {str(directory)!r}")
     directory.mkdir(parents=True, exist_ok=True)
@@ -491,7 +491,8 @@ def load_export(directory: str | os.PathLike, workers: Iterable[int] | None = No
     >>> model.input_placement.tolist(), model.layers[0].sends[0]
     ([0, 0, 1], ())
     """
-    directory = Path(directory)
+    directory = as_path("directory", directory)
+    ranks = None if workers is None else _worker_ranks(workers)
     where = str(directory)
     check = _Checker(where)
     manifest_path = directory / MANIFEST
@@ -653,7 +654,7 @@ def load_export(directory: str | os.PathLike, workers: Iterable[int] | None = No
         if check.get(entry, "rank", int, f"worker entry {rank}") != rank or entry.get("file") != shard_name(rank):
             check.fail(f"worker entry {rank} must be rank {rank} in {shard_name(rank)!r}, got {entry!r:.80}")
         check.get(entry, "sha256", str, f"worker entry {rank}")
-    wanted = range(k) if workers is None else sorted({int(r) for r in workers})
+    wanted = range(k) if ranks is None else ranks
     shards = {}
     for rank in wanted:
         if not 0 <= rank < k:
@@ -663,6 +664,18 @@ def load_export(directory: str | os.PathLike, workers: Iterable[int] | None = No
         directory=directory, manifest=manifest, k=k, dtype=dtype, input_shape=input_shape,
         input_placement=input_placement, output=output, layers=tuple(layers), gather=gather, shards=shards,
     )
+
+
+def _worker_ranks(workers: Any) -> list[int]:
+    """``workers`` as sorted distinct ints (the range is checked once the manifest gives k)."""
+    if isinstance(workers, (str, bytes)) or not isinstance(workers, Iterable):
+        raise InvalidParameterError(f"`workers` must be an iterable of worker ranks (int), got {type(workers).__name__}")
+    ranks = set()
+    for rank in workers:
+        if isinstance(rank, (bool, np.bool_)) or not isinstance(rank, (int, np.integer)):
+            raise InvalidParameterError(f"`workers` must hold integer ranks, got {rank!r:.60}")
+        ranks.add(int(rank))
+    return sorted(ranks)
 
 
 def _read_per_worker(check: _Checker, raw: dict, key: str, k: int, n: int, ctx: str) -> tuple[np.ndarray, ...]:

@@ -9,6 +9,18 @@ cost is Σ_l |S_{l-1}|·|S_l| instead of Π_l |S_l|.
 
 With FLOPs or parameter capacities (sums over all layers) the per-worker loads so far join the DP state.
 
+Size limits (options ``max_layer_states`` = 200,000 balanced placements in any layer and ``max_pairs`` =
+4,000,000 placement pairs scored in all): larger instances are refused up front by ``can_solve`` with the
+counts (computed exactly, without enumerating). The options can lower these limits for a call, not raise
+them past the defaults ``can_solve`` applies. FLOPs/parameter capacities make the DP state grow with the
+distinct load vectors; keep such instances to a handful of units per layer.
+
+Time limit: checked between layers (placements and pair costs) and inside the capacitated DP; the oracle
+has no incumbent before the DP ends, so running out of time gives NO_SOLUTION. With capacities the DP's
+frontier (placement, per-worker loads) is capped at :data:`MAX_DP_STATES` entries (1,000,000, about
+1 GiB): past it the backend stops with a :class:`~repurpose_opt.BackendCannotSolveError` naming the count,
+before the memory runs out (the count cannot be known without running the DP).
+
 Worker symmetry: when the workers are interchangeable (identical speeds, capacities and links, and the
 input is not fixed), relabelling workers maps solutions onto solutions of equal cost, so only placements
 of the first free layer whose workers appear in increasing order of first use are enumerated. With
@@ -18,12 +30,14 @@ of the first free layer whose workers appear in increasing order of first use ar
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
 
+from ..errors import BackendCannotSolveError
 from ..solution import Status
-from .base import Backend, BackendResult, Option
+from .base import Backend, BackendResult, Option, boolean, integer
 from .placement import fixed_input
 
 __all__ = ["BruteForceBackend", "balanced_placements", "count_balanced"]
@@ -43,26 +57,112 @@ def count_balanced(n: int, capacity: np.ndarray) -> int:
     return poly[n]
 
 
-def balanced_placements(n: int, capacity: np.ndarray, ordered_workers: tuple[int, ...] = ()) -> np.ndarray:
-    """Every placement of n units within ``capacity``, one per row.
+def _even_counts(n: int, capacity: np.ndarray) -> np.ndarray | None:
+    """The most even split of n units within ``capacity`` (None when they do not fit)."""
+    capacity = np.asarray(capacity, dtype=np.int64)
+    if int(capacity.sum()) < n:
+        return None
+    counts = np.zeros_like(capacity)
+    left = n
+    # Water filling: raise every worker with room to the same level, the last level partly.
+    while left:
+        room = np.flatnonzero(counts < capacity)
+        step = max(1, min(left // room.size, int((capacity[room] - counts[room]).min())))
+        take = room[: left] if step == 1 and left < room.size else room
+        counts[take] += step
+        left -= step * take.size
+    return counts
 
-    ``ordered_workers``: these workers must first appear in this order (symmetry breaking).
+
+def _log10_lower_count(n: int, capacity: np.ndarray) -> float:
+    """log10 of a lower bound on :func:`count_balanced`: the placements with the most even split's counts."""
+    counts = _even_counts(n, capacity)
+    if counts is None:
+        return -math.inf
+    return (math.lgamma(n + 1) - sum(math.lgamma(int(c) + 1) for c in counts)) / math.log(10)
+
+
+def _lower_count(n: int, capacity: np.ndarray) -> int:
+    """The multinomial coefficient of the most even split (a lower bound on :func:`count_balanced`)."""
+    counts = _even_counts(n, capacity)
+    if counts is None:
+        return 0
+    value, left = 1, n
+    for c in counts.tolist():
+        value *= math.comb(left, c)
+        left -= c
+    return value
+
+
+def balanced_placements(n: int, capacity: np.ndarray, ordered_workers: tuple[int, ...] = ()) -> np.ndarray:
+    """Every placement of n units within ``capacity``, one per row, in lexicographic order.
+
+    ``ordered_workers``: these workers must first appear in this order (symmetry breaking): worker
+    ``ordered_workers[i]`` may take a unit only once ``ordered_workers[i-1]`` holds one.
+
+    Built unit by unit, keeping only prefixes that respect the capacities and the first-use order, so the
+    memory is proportional to the placements kept, not to the ``K^n`` raw ones.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> balanced_placements(3, np.array([2, 2])).tolist()
+    [[0, 0, 1], [0, 1, 0], [0, 1, 1], [1, 0, 0], [1, 0, 1], [1, 1, 0]]
+    >>> balanced_placements(3, np.array([2, 2]), ordered_workers=(0, 1)).tolist()
+    [[0, 0, 1], [0, 1, 0], [0, 1, 1]]
     """
-    k = capacity.shape[0]
-    total = k**n
-    codes = np.arange(total, dtype=np.int64)
-    digits = (codes[:, None] // (k ** np.arange(n - 1, -1, -1, dtype=np.int64))[None, :]) % k
-    counts = np.stack([(digits == w).sum(axis=1) for w in range(k)], axis=1)
-    keep = np.all(counts <= capacity[None, :], axis=1)
-    if len(ordered_workers) > 1:
-        first_use = np.stack(  # index of each worker's first unit; n (sorts last) when unused
-            [np.where((digits == w).any(axis=1), (digits == w).argmax(axis=1), n) for w in range(k)], axis=1
-        )
-        ranks = first_use[:, list(ordered_workers)]
-        keep &= np.all(np.diff(ranks, axis=1) >= 0, axis=1) & np.all(
-            (ranks[:, 1:] > ranks[:, :-1]) | (ranks[:, 1:] == n), axis=1
-        )
-    return digits[keep]
+    k = int(capacity.shape[0])
+    capacity = np.asarray(capacity, dtype=np.int64)
+    rows = np.zeros((1, 0), dtype=np.int64)
+    counts = np.zeros((1, k), dtype=np.int64)
+    previous = {w: ordered_workers[i - 1] for i, w in enumerate(ordered_workers) if i > 0}
+    for _ in range(n):
+        # Extend every prefix by every worker, in lexicographic order, then drop the invalid ones.
+        parent = np.repeat(np.arange(rows.shape[0]), k)
+        worker = np.tile(np.arange(k), rows.shape[0])
+        keep = counts[parent, worker] < capacity[worker]
+        for w, before in previous.items():
+            first_use = (worker == w) & (counts[parent, w] == 0)
+            keep &= ~first_use | (counts[parent, before] > 0)
+        parent, worker = parent[keep], worker[keep]
+        rows = np.concatenate([rows[parent], worker[:, None]], axis=1)
+        counts = counts[parent].copy()
+        counts[np.arange(parent.shape[0]), worker] += 1
+    return rows
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+#: Most (placement, per-worker loads) states of the capacitated DP's frontier (~1 KiB each).
+MAX_DP_STATES = 1_000_000
+#: Most supports per worker the exact pruning enumeration scores (its ``max_subsets``).
+PRUNING_SUBSETS = 1 << 14
+
+
+def _pruning_subsets(problem: Any) -> tuple[int, str]:
+    """Largest number of supports one worker's enumeration scores in :func:`~repurpose_opt.pruning.exact_pair_table`.
+
+    Without an nnz budget a worker keeps its local inputs and chooses among its remote ones (2^remote); with
+    one that caps it below all the inputs, it chooses up to ``cap`` inputs among all of them.
+    """
+    n_groups = problem.network.unit_counts[0]
+    caps = problem.max_groups
+    worst, why = 1, ""
+    for w in range(problem.k):
+        if not np.any(problem.output_placement == w):
+            continue
+        remote = 0 if problem.in_placement is None else int(np.sum(problem.in_placement != w))
+        cap = None if caps is None else int(caps[w])
+        if cap is None or cap >= n_groups:
+            count, text = 2**remote, f"worker {w} has {remote} candidate pairs"
+        else:
+            count = sum(math.comb(n_groups, size) for size in range(min(cap, n_groups) + 1))
+            text = f"worker {w} may read {cap} of {n_groups} input units under the nnz budget"
+        if count > worst:
+            worst, why = count, text
+    return worst, why
 
 
 class BruteForceBackend(Backend):
@@ -73,17 +173,21 @@ class BruteForceBackend(Backend):
     problem_types = ("PartitionProblem", "PruningProblem")
     exact = True
     options = {
-        "max_pairs": Option(4_000_000, "refuse when Σ_l |S_{l-1}|·|S_l| placement pairs exceeds this"),
-        "max_layer_states": Option(200_000, "refuse when a layer has more balanced placements than this"),
-        "symmetry_breaking": Option(True, "enumerate one representative per relabelling of interchangeable workers"),
+        "max_pairs": Option(4_000_000, "refuse when Σ_l |S_{l-1}|·|S_l| placement pairs exceeds this", check=integer(minimum=1)),
+        "max_layer_states": Option(200_000, "refuse when a layer has more balanced placements than this", check=integer(minimum=1)),
+        "symmetry_breaking": Option(True, "enumerate one representative per relabelling of interchangeable workers", check=boolean()),
     }
 
     # -------------------------------------------------------------------------------------------- size
-    def _layer_sizes(self, problem: Any) -> list[int]:
+    def _layer_sizes(self, problem: Any, limit: int | None = None) -> list[int]:
+        """Balanced placements per layer; a layer of more than 64 units with provably more than ``limit`` gets a
+        lower bound instead (exact counts of wide layers are huge integers that take minutes to compute)."""
         sizes = []
-        for l, (n, cap) in enumerate(zip(problem.network.unit_counts, problem.capacities)):
+        for l, (n, cap) in enumerate(zip(problem.network.unit_counts, problem.capacities, strict=True)):
             if l == 0 and cap is None:
                 sizes.append(1)
+            elif limit is not None and n > 64 and _log10_lower_count(n, cap) > math.log10(max(limit, 1)) + 1e-9:
+                sizes.append(_lower_count(n, cap))
             else:
                 sizes.append(count_balanced(n, cap))
         return sizes
@@ -93,22 +197,18 @@ class BruteForceBackend(Backend):
         if reason is not None:
             return reason
         if type(problem).__name__ == "PruningProblem":
-            if problem.in_placement is None:
-                return None
-            widest = int(max(np.sum(problem.in_placement != w) for w in range(problem.k)))
-            if widest > 14:
-                return f"too large for exhaustive enumeration: a worker has {widest} candidate pairs (2^{widest} subsets; limit 2^14)"
+            subsets, why = _pruning_subsets(problem)
+            if subsets > PRUNING_SUBSETS:
+                return f"too large for exhaustive enumeration: {why} ({subsets:,} subsets; limit {PRUNING_SUBSETS:,})"
             return None
-        sizes = self._layer_sizes(problem)
         limits = self.options
+        sizes = self._layer_sizes(problem, limits["max_layer_states"].default)
         biggest = max(sizes)
-        pairs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-        k = problem.cluster.k
-        widest = max(problem.network.unit_counts[1:] + ((problem.network.unit_counts[0],) if problem.input_mode == "free" else ()))
-        if k**widest > 50_000_000:
-            return f"too large for exhaustive enumeration: a layer of {widest} units has {k}^{widest} raw placements"
+        pairs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         if biggest > limits["max_layer_states"].default:
-            return f"too large for exhaustive enumeration: a layer has {biggest:,} balanced placements (limit {limits['max_layer_states'].default:,})"
+            exact = max(problem.network.unit_counts[l] for l, size in enumerate(sizes) if size == biggest) <= 64
+            shown = f"{biggest:,}" if exact else f"more than 10^{len(str(biggest)) - 1}"
+            return f"too large for exhaustive enumeration: a layer has {shown} balanced placements (limit {limits['max_layer_states'].default:,})"
         if pairs > limits["max_pairs"].default:
             return f"too large for exhaustive enumeration: {pairs:,} placement pairs to score (limit {limits['max_pairs'].default:,})"
         return None
@@ -118,23 +218,40 @@ class BruteForceBackend(Backend):
         if type(problem).__name__ == "PruningProblem":
             from ..pruning import solve_pruning_exact
 
-            return solve_pruning_exact(problem)
-        sizes = self._layer_sizes(problem)
-        if max(sizes) > options["max_layer_states"] or sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) > options["max_pairs"]:
-            return BackendResult(Status.NO_SOLUTION, message=f"instance exceeds the options' limits ({sizes} placements per layer)")
+            return solve_pruning_exact(problem, PRUNING_SUBSETS)
+        sizes = self._layer_sizes(problem, options["max_layer_states"])
+        pairs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        if max(sizes) > options["max_layer_states"] or pairs > options["max_pairs"]:
+            raise BackendCannotSolveError(
+                f"backend 'bruteforce' cannot solve this {type(problem).__name__}: {sizes} balanced placements per "
+                f"layer, {pairs:,} pairs to score, above the limits of `options` (max_layer_states="
+                f"{options['max_layer_states']:,}, max_pairs={options['max_pairs']:,})"
+            )
         network, cluster = problem.network, problem.cluster
-        k = cluster.k
+        deadline = None if time_limit is None else time.perf_counter() + float(time_limit)
+        out_of_time = BackendResult(Status.NO_SOLUTION, message="the time limit ran out before the enumeration finished",
+                                    stats={"placements_per_layer": sizes, "pairs": pairs})
         ordered = self._interchangeable(problem) if options["symmetry_breaking"] else ()
         states: list[np.ndarray] = []
         fixed = fixed_input(problem)
         states.append(fixed[None, :] if fixed is not None else balanced_placements(network.unit_counts[0], problem.capacities[0], ordered))
         for l in range(1, network.n_layers + 1):
+            if deadline is not None and time.perf_counter() > deadline:
+                return out_of_time
             first_free = l == 1 and fixed is not None
             states.append(balanced_placements(network.unit_counts[l], problem.capacities[l], ordered if first_free else ()))
-        costs = [self._pair_costs(problem, l, states[l - 1], states[l]) for l in range(1, network.n_layers + 1)]
+        costs = []
+        for l in range(1, network.n_layers + 1):
+            if deadline is not None and time.perf_counter() > deadline:
+                return out_of_time
+            costs.append(self._pair_costs(problem, l, states[l - 1], states[l]))
         final = self._gather_costs(problem, states[-1])
         capacitated = cluster.flops_capacity is not None or cluster.param_capacity is not None
-        path = self._dp_with_loads(problem, states, costs, final) if capacitated else self._dp(costs, final)
+        try:
+            path = (self._dp_with_loads(problem, states, costs, final, deadline, MAX_DP_STATES) if capacitated
+                    else self._dp(costs, final))
+        except _OutOfTime:
+            return out_of_time
         evaluated = int(sum(c.size for c in costs))
         stats = {"placements_per_layer": [int(s.shape[0]) for s in states], "pairs_scored": evaluated}
         if path is None:
@@ -170,11 +287,17 @@ class BruteForceBackend(Backend):
         if replicated:
             return np.broadcast_to(compute[None, :], (prev.shape[0], cur.shape[0])).copy()
         onehot_prev = (prev[:, None, :] == np.arange(k)[None, :, None]).astype(np.float64)
-        units = np.einsum("qsj,pdj->qpsd", onehot_prev, needed.astype(np.float64))
-        units[:, :, np.arange(k), np.arange(k)] = 0.0
-        nbytes = units * layer.in_message_size * cluster.dtype_bytes
-        link = np.where(nbytes > 0, cluster.latency + nbytes / cluster.bandwidth, 0.0)
-        return link.max(axis=(2, 3)) + compute[None, :]
+        needed_f = needed.astype(np.float64)
+        out = np.empty((prev.shape[0], cur.shape[0]))
+        # Chunks over the previous layer's placements bound the (Q, P, K, K) link tensor to ~32 MB.
+        step = max(1, 4_000_000 // max(1, cur.shape[0] * k * k))
+        for start in range(0, prev.shape[0], step):
+            units = np.einsum("qsj,pdj->qpsd", onehot_prev[start:start + step], needed_f)
+            units[:, :, np.arange(k), np.arange(k)] = 0.0
+            nbytes = units * layer.in_message_size * cluster.dtype_bytes
+            link = np.where(nbytes > 0, cluster.latency + nbytes / cluster.bandwidth, 0.0)
+            out[start:start + step] = link.max(axis=(2, 3)) + compute[None, :]
+        return out
 
     @staticmethod
     def _gather_costs(problem: Any, last: np.ndarray) -> np.ndarray:
@@ -207,7 +330,8 @@ class BruteForceBackend(Backend):
         return float(best[last]), choice[::-1]
 
     @staticmethod
-    def _dp_with_loads(problem: Any, states: list[np.ndarray], costs: list[np.ndarray], final: np.ndarray):
+    def _dp_with_loads(problem: Any, states: list[np.ndarray], costs: list[np.ndarray], final: np.ndarray,
+                       deadline: float | None = None, max_states: int = 1_000_000):
         cluster, network = problem.cluster, problem.network
         k = cluster.k
         inf = np.inf
@@ -228,6 +352,14 @@ class BruteForceBackend(Backend):
             ]
             nxt: dict[tuple, tuple[float, Any]] = {}
             for key, (value, _) in frontier.items():
+                if deadline is not None and time.perf_counter() > deadline:
+                    raise _OutOfTime
+                if len(nxt) > max_states:
+                    raise BackendCannotSolveError(
+                        f"backend 'bruteforce' cannot solve this {type(problem).__name__}: with FLOPs/parameter capacities "
+                        f"the DP over (placement, per-worker loads) reached {len(nxt):,} states at layer {l} "
+                        f"(limit {max_states:,} states)"
+                    )
                 q, have = key
                 have_arr = np.asarray(have)
                 for p, add in enumerate(loads):

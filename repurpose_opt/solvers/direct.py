@@ -41,5 +41,5 @@ class DirectBackend(Backend):
             first = contiguous_placement(block_sizes(problem.network.unit_counts[0], cluster.speed, problem.capacities[0]))
         return (first,) + tuple(
             contiguous_placement(block_sizes(n, cluster.speed, cap))
-            for n, cap in zip(problem.network.unit_counts[1:], problem.capacities[1:])
+            for n, cap in zip(problem.network.unit_counts[1:], problem.capacities[1:], strict=True)
         )

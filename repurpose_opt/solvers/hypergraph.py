@@ -25,6 +25,17 @@ reported as NO_SOLUTION (never returned).
 The native partitioner runs in a child process (one per solve, serving every layer), so a crash of the
 library (a segfault, an abort) becomes a :class:`~repurpose_opt.SolverError` instead of killing the caller.
 Results are deterministic for a given seed with the default ``"deterministic"`` preset. Status FEASIBLE.
+
+Time limit and Ctrl-C. The child ignores SIGINT (a terminal's Ctrl-C reaches the whole process group); the
+parent waits on its pipe with the deadline, and on a timeout or a ``KeyboardInterrupt`` kills it at once
+(never waits for it to finish a layer). After every step the layers placed so far, completed by the
+contiguous split for the others, are offered as an incumbent (:func:`~.base.offer_incumbent`): that is
+what a Ctrl-C returns, and what the time limit returns (status FEASIBLE, the message naming the layers
+that were not partitioned). ``can_solve`` refuses hypergraphs whose estimated size (pins, ~1 KiB each in
+Mt-KaHyPar) exceeds :func:`~.base.memory_budget`.
+
+RestructureProblem: this engine places the importance-sparsified network, then the shared ℓ0 adjustment
+runs in cascade (SPEC §4, :func:`~.restructure_engine.restructure_with_partitioner`).
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError, SolverError
 from ..solution import Status
-from .base import Backend, BackendResult, Option
+from .base import MEMORY_ENV, Backend, BackendResult, Option, choice, format_bytes, integer, memory_budget, number
 from .placement import block_sizes, contiguous_placement, extra_capacity_violation
 
 __all__ = ["HypergraphBackend"]
@@ -63,7 +74,8 @@ PRESETS = {
 # itself is pointed at stderr so that anything the native library prints cannot corrupt the protocol).
 # It imports only mtkahypar and the standard library, so it starts fast.
 _WORKER_SOURCE = r"""
-import os, pickle, struct, sys
+import os, pickle, signal, struct, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops this process; a terminal's Ctrl-C must not
 reply = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
 import mtkahypar
@@ -107,6 +119,10 @@ while True:
 """
 
 
+#: Peak bytes per pin of the worker (Mt-KaHyPar's hypergraph; ~740 measured on 80k-480k pins, rounded up).
+BYTES_PER_PIN = 1024
+
+
 def _worker_command(threads: int) -> list[str]:
     return [sys.executable, "-c", _WORKER_SOURCE, str(int(threads))]
 
@@ -132,11 +148,15 @@ class _MtKaHyPar:
         )
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        # Leaving on an exception (a timeout, Ctrl-C, a crash): the worker may be busy, so it is killed
+        # rather than asked to finish.
+        self.close(kill=kind is not None)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         if self.process is not None:
+            if kill and self.process.poll() is None:
+                self.process.kill()
             try:
                 if self.process.stdin:
                     self.process.stdin.close()
@@ -207,9 +227,8 @@ class _MtKaHyPar:
         try:
             head = self._read_exact(8, deadline)
             body = None if head is None else self._read_exact(struct.unpack(">Q", head)[0], deadline)
-        except _TimedOut:
-            self.process.kill()
-            self.close()
+        except (_TimedOut, KeyboardInterrupt):
+            self.close(kill=True)
             raise
         if body is None:
             raise self._crashed(during)
@@ -334,13 +353,20 @@ class HypergraphBackend(Backend):
     description = "Mt-KaHyPar km1 partitioning of each layer's column-net hypergraph, previous layer fixed"
     requires = ("mtkahypar",)
     extra = "hypergraph"
-    problem_types = ("PartitionProblem",)
+    problem_types = ("PartitionProblem", "RestructureProblem")
     options = {
-        "preset": Option("deterministic", f"Mt-KaHyPar preset: {', '.join(PRESETS)} (only the deterministic ones are reproducible)"),
-        "threads": Option(1, "threads of the Mt-KaHyPar worker process"),
+        "preset": Option("deterministic", f"Mt-KaHyPar preset: {', '.join(PRESETS)} (only the deterministic ones are reproducible)", check=choice(*PRESETS)),
+        "threads": Option(1, "threads of the Mt-KaHyPar worker process", check=integer(minimum=1)),
+        "keep": Option(0.1, "RestructureProblem: fraction of most important connections kept for placing", check=number(strictly_positive=True, maximum=1.0)),
     }
 
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
+        if type(problem).__name__ == "RestructureProblem":
+            # SPEC §4: place with this engine (on the importance-sparsified network), then the shared ℓ0 adjustment.
+            from .restructure_engine import restructure_with_partitioner
+
+            return restructure_with_partitioner(problem, "hypergraph", keep=float(options["keep"]), time_limit=time_limit, seed=seed,
+                                                options={"preset": options["preset"], "threads": options["threads"]})
         preset = options["preset"]
         if preset not in PRESETS:
             raise InvalidParameterError(f"option `preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
@@ -410,9 +436,17 @@ class HypergraphBackend(Backend):
             else:  # a one-layer network with a replicated input: only the gather has a cost
                 plan = [(lead, gather_only)]
 
+        def completed() -> tuple[np.ndarray, ...]:
+            """The layers placed so far; the others split contiguously (an incumbent at every step)."""
+            return tuple(placed[l] if l in placed else contiguous_placement(block_sizes(counts[l], cluster.speed, caps[l]))
+                         for l in range(L + 1))
+
+        stopped = None
         try:
             with _MtKaHyPar(threads) as engine:
                 for l, make in plan:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise _TimedOut
                     started = time.perf_counter()
                     step = make(l)
                     blocks, km1, native = self._run(engine, step, preset, seed, deadline, l)
@@ -422,13 +456,33 @@ class HypergraphBackend(Backend):
                         {"layer": l, "nets": len(step.weights), "km1_native": native, "km1": step.km1(blocks),
                          "repair_moves": moves, "seconds": time.perf_counter() - started}
                     )
+                    candidate = completed()
+                    if extra_capacity_violation(problem, candidate) is None:
+                        self.offer(candidate, message=f"Mt-KaHyPar placed layers {sorted(placed)}; the others keep the contiguous split")
         except _TimedOut:
-            return BackendResult(Status.NO_SOLUTION, message="time limit reached before every layer was partitioned", stats=stats)
-        assignment = tuple(placed[l] for l in range(L + 1))
+            missing = [l for l, _ in plan if l not in placed]
+            stopped = f"the time limit ran out before layers {missing} were partitioned; they keep the contiguous split"
+        assignment = completed()
         violation = extra_capacity_violation(problem, assignment)
         if violation is not None:
             return BackendResult(Status.NO_SOLUTION, message=f"the km1 partition breaks a capacity Mt-KaHyPar does not model: {violation}", stats=stats)
+        if stopped is not None:
+            stats["time_limit_reached"] = True
+            return BackendResult(Status.FEASIBLE, assignment, message=f"Mt-KaHyPar km1: {stopped}", stats=stats)
         return BackendResult(Status.FEASIBLE, assignment, message=f"Mt-KaHyPar km1, {len(plan)} steps", stats=stats)
+
+    def can_solve(self, problem: Any) -> str | None:
+        reason = super().can_solve(problem)
+        if reason is not None or type(problem).__name__ != "PartitionProblem":
+            return reason
+        network = problem.network
+        # The largest step: one net per consumed activation, its consumers plus the producer as pins.
+        pins = max(int(s.connectivity.nnz) + s.n_inputs for s in network.structure)
+        need, limit = pins * BYTES_PER_PIN, memory_budget()
+        if need > limit:
+            return (f"the largest layer's hypergraph would have {pins:,} pins / ~{format_bytes(need)} (about "
+                    f"{BYTES_PER_PIN} bytes per pin); limit {format_bytes(limit)} (${MEMORY_ENV}); use greedy or munkres")
+        return None
 
     @staticmethod
     def _run(engine: _MtKaHyPar, step: _Step, preset: str, seed: int, deadline: float | None, l: int) -> tuple[np.ndarray, int, int | None]:

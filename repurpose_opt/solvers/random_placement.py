@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..solution import Status
-from .base import Backend, BackendResult, Option
+from .base import Backend, BackendResult, Option, integer
 from .placement import block_sizes, contiguous_placement, extra_capacity_violation, fixed_input
 
 
@@ -20,7 +20,7 @@ class RandomBackend(Backend):
     name = "random"
     description = "seeded random balanced placement"
     problem_types = ("PartitionProblem",)
-    options = {"attempts": Option(100, "draws tried when FLOPs/parameter capacities reject a placement")}
+    options = {"attempts": Option(100, "draws tried when FLOPs/parameter capacities reject a placement", check=integer(minimum=1))}
 
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
         rng = np.random.default_rng(seed)
@@ -30,7 +30,7 @@ class RandomBackend(Backend):
         violation = None
         for _ in range(max(1, int(options["attempts"]))):
             layers = []
-            for l, (n, cap) in enumerate(zip(counts, problem.capacities)):
+            for l, (n, cap) in enumerate(zip(counts, problem.capacities, strict=True)):
                 if l == 0 and fixed is not None:
                     layers.append(fixed)
                     continue

@@ -1,8 +1,10 @@
 """The backend registry, in preference order, with lazy loading.
 
-Built-in backends are named here as ``module:Class`` strings and imported on first use; third-party
-backends register through the ``repurpose_opt.backends`` entry-point group (``name = "pkg.module:Class"``),
-also loaded only when asked for.
+Built-in backends are named here as ``module:Class`` strings and imported on first use; a built-in whose
+module is not part of this install is simply not listed. Third-party backends register through the
+``repurpose_opt.backends`` entry-point group (``name = "pkg.module:Class"``), also loaded only when asked
+for, or at run time with :func:`register_backend` (how tests and the conformance suite plug in a backend
+class without packaging it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from typing import Any
 from ..errors import BackendCannotSolveError, BackendUnavailableError, UnknownBackendError
 from .base import Backend
 
-__all__ = ["BUILTIN_BACKENDS", "AUTO_ORDER", "get_backend", "backend_names", "list_backends", "resolve_backend"]
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "AUTO_ORDER",
+    "get_backend",
+    "backend_names",
+    "list_backends",
+    "resolve_backend",
+    "register_backend",
+    "unregister_backend",
+]
 
 #: Built-in backends in preference order.
 BUILTIN_BACKENDS: dict[str, str] = {
@@ -39,20 +50,73 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 
 _PLUGIN_GROUP = "repurpose_opt.backends"
 _cache: dict[str, type[Backend]] = {}
+_registered: dict[str, type[Backend]] = {}
 
 
 def _plugins() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=_PLUGIN_GROUP) if ep.name not in BUILTIN_BACKENDS}
+    return {
+        ep.name: ep
+        for ep in entry_points(group=_PLUGIN_GROUP)
+        if ep.name not in BUILTIN_BACKENDS and ep.name not in _registered
+    }
 
 
 def _shipped(name: str) -> bool:
     # A built-in is listed only when its module is part of this install (found, not imported).
-    return importlib.util.find_spec(BUILTIN_BACKENDS[name].split(":")[0]) is not None
+    try:
+        return importlib.util.find_spec(BUILTIN_BACKENDS[name].split(":")[0]) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def backend_names() -> list[str]:
-    """Every known backend name: built-ins in preference order, then plug-ins."""
-    return [name for name in BUILTIN_BACKENDS if _shipped(name)] + sorted(_plugins())
+    """Every known backend name: built-ins in preference order, then registered ones, then plug-ins."""
+    builtin = [name for name in BUILTIN_BACKENDS if _shipped(name)]
+    return builtin + [name for name in _registered if name not in builtin] + sorted(_plugins())
+
+
+def register_backend(cls: type[Backend], *, replace: bool = False) -> type[Backend]:
+    """Make the backend class ``cls`` known under ``cls.name`` for this process.
+
+    Parameters
+    ----------
+    cls : subclass of :class:`~repurpose_opt.solvers.base.Backend`
+    replace : bool
+        Allow replacing a backend registered earlier under the same name (built-ins are never replaced).
+
+    Returns
+    -------
+    cls, so the function also works as a class decorator.
+
+    Examples
+    --------
+    >>> from repurpose_opt.solvers.registry import register_backend, unregister_backend, backend_names
+    >>> from repurpose_opt.solvers.template import TemplateBackend
+    >>> _ = register_backend(TemplateBackend)
+    >>> "template" in backend_names()
+    True
+    >>> unregister_backend("template")
+    """
+    from ..errors import InvalidParameterError
+
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise InvalidParameterError(f"`cls` must be a subclass of repurpose_opt.solvers.Backend, got {cls!r}")
+    name = cls.name
+    if not isinstance(name, str) or not name or name == "auto":
+        raise InvalidParameterError(f"`cls.name` must be a non-empty string other than 'auto', got {name!r}")
+    if name in BUILTIN_BACKENDS:
+        raise InvalidParameterError(f"`cls.name` {name!r} is a built-in backend; choose another name")
+    if name in _registered and _registered[name] is not cls and not replace:
+        raise InvalidParameterError(f"`cls.name` {name!r} is already registered; pass replace=True to replace it")
+    _registered[name] = cls
+    _cache[name] = cls
+    return cls
+
+
+def unregister_backend(name: str) -> None:
+    """Forget a backend added with :func:`register_backend` (unknown names are ignored)."""
+    if _registered.pop(name, None) is not None:
+        _cache.pop(name, None)
 
 
 def get_backend(name: str) -> type[Backend]:
@@ -67,7 +131,7 @@ def get_backend(name: str) -> type[Backend]:
         if plugin is None:
             installed = [n for n in backend_names() if get_backend(n).available()]
             raise UnknownBackendError(
-                f"unknown backend {name!r}; known backends: {', '.join(backend_names())}; "
+                f"`backend` {name!r} is unknown; known backends: {', '.join(backend_names())}; "
                 f"installed: {', '.join(installed) or 'none'}"
             )
         cls = plugin.load()
@@ -108,7 +172,14 @@ def resolve_backend(name: Any, problem: Any) -> Backend:
 
 
 def list_backends(available_only: bool = False) -> list[dict[str, Any]]:
-    """One row per backend: name, installed or not, the extra that brings it, problems, exactness."""
+    """One row per backend: name, installed or not, the extra that brings it, problems, exactness.
+
+    ``exact`` is True when the backend proves optimality on at least one problem type; ``exact_for`` lists
+    those problem types.
+    """
+    from .._validation import as_bool
+
+    available_only = as_bool("available_only", available_only)
     rows = []
     for name in backend_names():
         cls = get_backend(name)
@@ -122,7 +193,8 @@ def list_backends(available_only: bool = False) -> list[dict[str, Any]]:
                 "missing": cls.missing_modules(),
                 "extra": cls.extra,
                 "problems": list(cls.problem_types),
-                "exact": cls.exact,
+                "exact": any(cls.is_exact(kind) for kind in cls.problem_types),
+                "exact_for": [kind for kind in cls.problem_types if cls.is_exact(kind)],
                 "description": cls.description,
             }
         )

@@ -10,20 +10,24 @@ differ only in their placer, so they are measured on the same meter.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-from ..lsq import LayerData, layer_data
-from ..lsq import DEFAULT_RIDGE
+from ..lsq import DEFAULT_RIDGE, LayerData, blas_threads, layer_data
 from ..pruning import PruneResult, feasible_fit_data, prune_layer
 from ..solution import Status
 from .base import BackendResult
-from .placement import block_sizes, contiguous_placement, fixed_input
+from .placement import block_sizes, capacitated_assignment, contiguous_placement, fixed_input  # noqa: F401 - re-exported
 
 __all__ = ["LayerContext", "run_cascade", "capacitated_assignment", "importance_chain", "residual_costs"]
+
+#: L-BFGS iterations of the final joint refit (:mod:`.joint_refit`) every engine's cascade ends with.
+JOINT_ITERATIONS = 100
+#: Times the tolerances of the layers before an unreachable layer are halved before they are made exact.
+TIGHTEN_ROUNDS = 4
 
 
 @dataclass
@@ -55,19 +59,6 @@ class LayerContext:
 
 
 Placer = Callable[[LayerContext], list[np.ndarray]]
-
-
-def capacitated_assignment(cost: np.ndarray, capacity: np.ndarray) -> np.ndarray:
-    """Exact min-cost assignment of rows to workers with at most ``capacity[k]`` rows on worker k.
-
-    Hungarian algorithm on the cost matrix with worker k's column repeated ``capacity[k]`` times.
-    """
-    n, k = cost.shape
-    columns = np.repeat(np.arange(k), np.minimum(capacity, n))
-    rows, cols = linear_sum_assignment(cost[:, columns])
-    placement = np.empty(n, dtype=np.int64)
-    placement[rows] = columns[cols]
-    return placement
 
 
 def _group_energy(W: np.ndarray, n_inputs: int, input_power: np.ndarray) -> np.ndarray:
@@ -168,21 +159,104 @@ def _score(result: PruneResult) -> tuple[float, float]:
 
 
 def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, time_limit: float | None = None,
-                name: str = "", ridge: float = DEFAULT_RIDGE) -> BackendResult:
-    """Restructure ``problem`` layer by layer with candidate placements from ``placer``.
+                name: str = "", ridge: float = DEFAULT_RIDGE, joint_iterations: int = JOINT_ITERATIONS) -> BackendResult:
+    """Restructure ``problem`` layer by layer with candidate placements from ``placer``, then refit every
+    layer jointly (:mod:`.joint_refit`, ``joint_iterations`` L-BFGS steps; 0 skips it; a negative value
+    also skips the guarantee: the result is a candidate to be finished by :func:`finish_cascade`).
 
     ``first_placement`` is ``assignment[0]`` (all -1 for a replicated input).
     """
+    with blas_threads(problem.network):
+        return _run_cascade(problem, first_placement, placer, time_limit=time_limit, name=name, ridge=ridge,
+                            joint_iterations=joint_iterations)
+
+
+class _Unreachable(Exception):
+    """Layer ``l`` cannot meet its tolerance from the restructured outputs of the layers before it."""
+
+    def __init__(self, l: int, smallest: float):
+        super().__init__(l, smallest)
+        self.l, self.smallest = l, smallest
+
+
+def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, time_limit: float | None, name: str,
+                 ridge: float, joint_iterations: int) -> BackendResult:
+    """The cascade, with the recovery that makes tolerance mode always solvable.
+
+    Layer l is refit on the *restructured* outputs of layer l-1, so its reachable error depends on how
+    much error the layers before it kept. Tolerance mode is never truly infeasible (opening every pair of
+    every layer reproduces the network), so when layer l cannot meet its tolerance the cascade is run
+    again with the tolerances of layers 1..l-1 halved (at most ``TIGHTEN_ROUNDS`` times, then exact);
+    the final joint refit is still bounded by the problem's own tolerances.
+    """
     started = time.perf_counter()
     deadline = None if time_limit is None else started + time_limit
-    network, cluster = problem.network, problem.cluster
-    k, L = cluster.k, network.n_layers
-    X = problem.calibration
-    original = network.trace(X)
+    if isinstance(problem.comm_budget, float) and problem.comm_budget < problem.minimum_gather - 1e-9:
+        return BackendResult(Status.INFEASIBLE, message=(
+            f"`comm_budget` {problem.comm_budget:.6g} is below the {problem.minimum_gather:.6g} scalars per sample that "
+            f"gathering the outputs on worker 0 needs under the balance constraint"))
+    original = problem.network.trace(problem.calibration)
+    tolerances = None if problem.tolerances is None else list(problem.tolerances)
+    tightened = []
+    for round_ in range(TIGHTEN_ROUNDS + 2):
+        try:
+            placements, weights, layer_stats = _cascade_pass(problem, original, first_placement, placer, tolerances,
+                                                             ridge, deadline)
+            break
+        except _Unreachable as exc:
+            if round_ > TIGHTEN_ROUNDS or exc.l == 1 or (deadline is not None and time.perf_counter() > deadline):
+                return BackendResult(
+                    Status.NO_SOLUTION,
+                    message=(f"layer {exc.l}: tolerance {problem.tolerances[exc.l - 1]:.4g} could not be met from the "
+                             f"restructured layers before it (smallest relative calibration error reachable with "
+                             f"every input available: {exc.smallest:.4g}, after {round_} tightening rounds)"),
+                    stats={"unreachable_layer": exc.l, "smallest_error": exc.smallest, "tightened": tightened},
+                )
+            # A layer that must be exact needs exact inputs: no point halving toward it.
+            factor = 0.0 if round_ == TIGHTEN_ROUNDS or tolerances[exc.l - 1] == 0 else 0.5
+            tolerances[: exc.l - 1] = [factor * t for t in tolerances[: exc.l - 1]]
+            tightened.append({"layer": exc.l, "smallest_error": exc.smallest, "tolerances": list(tolerances)})
+    restructured = problem.network.with_weights(weights)
+    stats: dict[str, Any] = {"layers": layer_stats, "timings": {"cascade": time.perf_counter() - started}}
+    if tightened:
+        stats["tightened"] = tightened
+    result = BackendResult(Status.FEASIBLE, tuple(placements), network=restructured,
+                           message=f"{name} placement + ℓ0 adjustment (cascade)", stats=stats)
+    if joint_iterations < 0:  # a candidate the caller compares before finishing the best one
+        return result
+    return finish_cascade(problem, result, ridge=ridge, joint_iterations=joint_iterations, deadline=deadline,
+                          started=started)
+
+
+def finish_cascade(problem: Any, result: BackendResult, *, ridge: float = DEFAULT_RIDGE,
+                   joint_iterations: int = JOINT_ITERATIONS, deadline: float | None = None,
+                   started: float | None = None) -> BackendResult:
+    """The joint refit (:mod:`.joint_refit`) and the guarantee of a cascade's result (in place)."""
+    network, stats = problem.network, result.stats
+    started = time.perf_counter() if started is None else started
+    with blas_threads(network):
+        if joint_iterations > 0 and network.n_layers > 1 and not (deadline is not None and time.perf_counter() > deadline):
+            from .joint_refit import joint_refit
+
+            refit = joint_refit(network, result.network, problem.calibration, problem.tolerances, ridge=ridge,
+                                max_iter=joint_iterations, deadline=deadline)
+            result.network = refit.network
+            stats["joint_refit"] = {"accepted": refit.accepted, "output_error_before": refit.output_error_before,
+                                    "output_error_after": refit.output_error_after, "iterations": refit.iterations,
+                                    "evaluations": refit.evaluations, "stopped": refit.reason}
+            stats.setdefault("timings", {})["joint_refit"] = refit.seconds
+        stats["time_limit_reached"] = deadline is not None and time.perf_counter() > deadline
+        result.guarantee = _guarantee(problem, result.network)
+    return result
+
+
+def _cascade_pass(problem: Any, original: Any, first_placement: np.ndarray, placer: Placer, tolerances: list | None,
+                  ridge: float, deadline: float | None) -> tuple[list, list, list]:
+    """One layer-by-layer pass; raises :class:`_Unreachable` when a layer cannot meet its tolerance."""
+    network, k, L = problem.network, problem.cluster.k, problem.network.n_layers
     x_hat = original.activations[0]
     placements = [np.asarray(first_placement, dtype=np.int64)]
-    weights = []
-    layer_stats = []
+    weights, layer_stats = [], []
     budgets = problem.layer_budgets
     for l in range(1, L + 1):
         z = original.pre_activations[l - 1]
@@ -192,17 +266,10 @@ def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, ti
         def make_data(ridge: float, l: int = l, x_hat: np.ndarray = x_hat, z: np.ndarray = z) -> LayerData:
             return layer_data(network, l, x_hat, z, ridge=ridge)
 
-        if problem.tolerances is not None:
-            data, target, smallest = feasible_fit_data(make_data, problem.tolerances[l - 1])
+        if tolerances is not None:
+            data, target, smallest = feasible_fit_data(make_data, tolerances[l - 1])
             if data is None:
-                return BackendResult(
-                    Status.INFEASIBLE,
-                    message=(
-                        f"layer {l}: tolerance {problem.tolerances[l - 1]:.4g} cannot be met; the smallest relative "
-                        f"calibration error reachable with every input available is {smallest:.4g}"
-                    ),
-                    stats={"infeasible_layer": l, "smallest_error": smallest},
-                )
+                raise _Unreachable(l, smallest)
             max_pairs = None
         else:
             data, target = make_data(ridge), None
@@ -223,7 +290,7 @@ def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, ti
             # Numerical floor: the greedy fit could not reach a target the full fit reaches; open the rest.
             result = prune_layer(data, in_placement, placement, k, target_error=0.0, backward=False)
             if result.error > target * (1 + 1e-6):
-                return BackendResult(Status.NO_SOLUTION, message=f"layer {l}: the adjustment could not reach the tolerance")
+                raise _Unreachable(l, float(np.sqrt(result.error / max(result.energy, 1e-300))))
         layer = network.linear_layers[l - 1]
         W_flat, b = data.weights_to_layer(result.coef)
         W = W_flat.reshape(layer.W.shape)
@@ -231,13 +298,7 @@ def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, ti
         placements.append(placement)
         x_hat = network.stage_post(l, network.stage_linear(l, x_hat, weights=(W, b)))
         layer_stats.append({"layer": l, "pairs": len(result.opened), "relative_error": result.relative_error, "candidates": tried})
-    restructured = network.with_weights(weights)
-    elapsed = time.perf_counter() - started
-    stats = {"layers": layer_stats, "timings": {"cascade": elapsed},
-             "time_limit_reached": deadline is not None and elapsed > time_limit}
-    guarantee = _guarantee(problem, restructured)
-    return BackendResult(Status.FEASIBLE, tuple(placements), network=restructured, guarantee=guarantee,
-                         message=f"{name} placement + ℓ0 adjustment (cascade)", stats=stats)
+    return placements, weights, layer_stats
 
 
 def _guarantee(problem: Any, restructured: Any) -> Any:
@@ -266,7 +327,7 @@ def importance_sparsified(network: Any, activations: tuple[np.ndarray, ...], kee
     (every balanced placement has the same volume), so partition engines place this sparsified copy.
     """
     weights = []
-    for l, (layer, structure) in enumerate(zip(network.linear_layers, network.structure), start=1):
+    for l, (layer, structure) in enumerate(zip(network.linear_layers, network.structure, strict=False), start=1):
         x = activations[l - 1]
         if structure.kind == "dense":
             power = np.mean(x.reshape(x.shape[0], -1) ** 2, axis=0)
@@ -282,24 +343,34 @@ def importance_sparsified(network: Any, activations: tuple[np.ndarray, ...], kee
     return network.with_weights(weights)
 
 
-def restructure_with_partitioner(problem: Any, backend: str, *, keep: float = 0.1, time_limit: float | None = None,
-                                 seed: int | None = None, options: dict[str, Any] | None = None) -> BackendResult:
-    """Place ``problem``'s network with a partition ``backend`` (on its importance-sparsified copy), then
-    run the shared ℓ0 adjustment in cascade with that placement."""
+def partition_plan(problem: Any, backend: str, *, keep: float = 0.1, time_limit: float | None = None,
+                   seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[np.ndarray] | None, Any]:
+    """A partition ``backend``'s placement of every layer of ``problem``'s importance-sparsified network
+    (``None`` when it finds none), and its Solution."""
     from ..api import solve
     from ..problems import PartitionProblem
 
-    started = time.perf_counter()
     activations = problem.network.trace(problem.calibration).activations
     sparse = importance_sparsified(problem.network, activations, keep)
     partition = PartitionProblem(sparse, problem.cluster, input_placement=problem.input_placement,
                                  output=problem.output, imbalance=problem.imbalance)
     placed = solve(partition, backend=backend, time_limit=time_limit, seed=seed, options=options)
     if not placed.status.has_solution:
+        return None, placed
+    return [np.asarray(p, dtype=np.int64) for p in placed.assignment], placed
+
+
+def restructure_with_partitioner(problem: Any, backend: str, *, keep: float = 0.1, time_limit: float | None = None,
+                                 seed: int | None = None, options: dict[str, Any] | None = None) -> BackendResult:
+    """Place ``problem``'s network with a partition ``backend`` (on its importance-sparsified copy), then
+    run the shared ℓ0 adjustment in cascade with that placement."""
+    started = time.perf_counter()
+    plan, placed = partition_plan(problem, backend, keep=keep, time_limit=time_limit, seed=seed, options=options)
+    if plan is None:
         return BackendResult(Status.NO_SOLUTION, message=f"{backend} found no placement: {placed.message}")
-    plan = [np.asarray(p, dtype=np.int64) for p in placed.assignment]
     result = run_cascade(problem, plan[0], lambda ctx: [plan[ctx.l]], time_limit=time_limit, name=backend)
-    result.stats.setdefault("timings", {})["placement"] = time.perf_counter() - started - result.stats["timings"].get("cascade", 0.0)
+    timings = result.stats.setdefault("timings", {})  # an INFEASIBLE / NO_SOLUTION cascade carries none
+    timings["placement"] = time.perf_counter() - started - timings.get("cascade", 0.0)
     result.stats["placement_volume_on_sparsified"] = placed.objective
     result.stats["sparsified_keep"] = keep
     return result

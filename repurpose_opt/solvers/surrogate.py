@@ -52,7 +52,7 @@ def build_surrogate(problem: Any, keep: float = 0.1) -> SurrogateModel:
     network = problem.network
     activations = network.trace(problem.calibration).activations
     edges = []
-    for l, (layer, structure) in enumerate(zip(network.linear_layers, network.structure), start=1):
+    for l, (layer, structure) in enumerate(zip(network.linear_layers, network.structure, strict=False), start=1):
         x = activations[l - 1]
         if structure.kind == "dense":
             power = np.mean(x.reshape(x.shape[0], -1) ** 2, axis=0)
@@ -121,13 +121,16 @@ def solve_surrogate_ortools(model: SurrogateModel, *, time_limit: float, seed: i
                 for w in range(k):
                     z[l][(int(j), w)] = cp.new_bool_var(f"z{l}_{j}_{w}")
             cp.add(sum(z[l].values()) * model.message_sizes[l - 1] <= int(np.floor(model.budgets[l - 1] + 1e-9)))
-        for i, j, g in zip(i_arr, j_arr, g_arr):
+        for i, j, g in zip(i_arr, j_arr, g_arr, strict=False):
             weight = int(round(g / gmax * SCALE))
             rounding += abs(weight * gmax / SCALE - g)
             if weight == 0:
                 continue
             for w in range(k):
                 r = cp.new_bool_var("")
+                if hint is not None:  # a complete hint (r too), so CP-SAT starts from the hinted solution
+                    source_here = hint[l - 1][j] == w if (l - 1) in x or model.fixed0 is not None else False
+                    cp.add_hint(r, int(bool(hint[l][i] == w and source_here)))
                 cp.add_implication(r, x[l][i][w])
                 source = x[l - 1][j][w]
                 if model.budgets is not None:
@@ -145,6 +148,9 @@ def solve_surrogate_ortools(model: SurrogateModel, *, time_limit: float, seed: i
             for i in range(model.counts[l]):
                 for w in range(k):
                     cp.add_hint(x[l][i][w], int(hint[l][i] == w))
+        for pairs in z.values():
+            for var in pairs.values():
+                cp.add_hint(var, 0)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(time_limit)
     solver.parameters.num_workers = int(workers)
@@ -186,44 +192,130 @@ def _read_placements(model: SurrogateModel, value) -> list[np.ndarray]:
     return placements
 
 
-def solve_surrogate_cvxpy(model: SurrogateModel, *, time_limit: float) -> dict[str, Any]:
-    """The same MIP through cvxpy + HiGHS (no integer scaling needed); its LP relaxation bounds it."""
-    import cvxpy as cp
+@dataclass
+class _ArrayMILP:
+    """The surrogate as the array model :func:`~.cvxpy_milp.solve_milp_highs` solves (minimise c·v)."""
+
+    c: np.ndarray
+    offset: float
+    A: Any
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    integer: np.ndarray
+
+    def violation(self, values: np.ndarray) -> float:
+        activity = self.A @ values
+        worst = max(float(np.max(self.row_lower - activity, initial=0.0)), float(np.max(activity - self.row_upper, initial=0.0)),
+                    float(np.max(self.lower - values, initial=0.0)), float(np.max(values - self.upper, initial=0.0)))
+        integral = values[self.integer]
+        return max(worst, float(np.max(np.abs(integral - np.round(integral)), initial=0.0)))
+
+
+def _array_model(model: SurrogateModel) -> tuple[_ArrayMILP, dict[int, np.ndarray], dict[int, np.ndarray], list]:
+    """Columns: x[l] (n_l·K, binary) per placed layer, z[l] (n_{l-1}·K, binary, budget mode), r (continuous)."""
+    import scipy.sparse as sp
 
     k = model.k
-    x = {l: cp.Variable((model.counts[l], k), boolean=True) for l in model.placed}
-    constraints = []
+    count = 0
+    x_cols: dict[int, np.ndarray] = {}
+    z_cols: dict[int, np.ndarray] = {}
     for l in model.placed:
-        constraints += [cp.sum(x[l], axis=1) == 1, cp.sum(x[l], axis=0) <= np.asarray(model.capacities[l], dtype=float)]
-    objective = 0
-    z = {}
-    for l, (i_arr, j_arr, g_arr) in enumerate(model.edges, start=1):
-        if l == 1 and model.replicated:
-            continue
-        r = cp.Variable((i_arr.size, k), nonneg=True)
-        constraints.append(r <= x[l][i_arr, :])
-        if model.fixed0 is not None and l == 1:
-            source = (model.fixed0[j_arr][:, None] == np.arange(k)[None, :]).astype(float)
-        else:
-            source = x[l - 1][j_arr, :]
-        if model.budgets is not None:
-            z[l] = cp.Variable((model.counts[l - 1], k), boolean=True)
-            constraints += [r <= source + z[l][j_arr, :], model.message_sizes[l - 1] * cp.sum(z[l]) <= np.floor(model.budgets[l - 1] + 1e-9)]
-        else:
-            constraints.append(r <= source)
-        objective = objective + cp.sum(cp.multiply(np.repeat(g_arr[:, None], k, axis=1), r))
-    problem = cp.Problem(cp.Maximize(objective), constraints)
-    problem.solve(solver=cp.HIGHS, time_limit=float(time_limit))
-    if x[model.placed[0]].value is None:
-        return {"status": str(problem.status), "placements": None}
-    placements = _read_placements(model, lambda l, i, w: x[l].value[i, w])
+        x_cols[l] = count + np.arange(model.counts[l] * k).reshape(model.counts[l], k)
+        count += model.counts[l] * k
+    active = [l for l in range(1, len(model.edges) + 1) if not (l == 1 and model.replicated)]
+    if model.budgets is not None:
+        for l in active:
+            z_cols[l] = count + np.arange(model.counts[l - 1] * k).reshape(model.counts[l - 1], k)
+            count += model.counts[l - 1] * k
+    n_binary = count
+    rows, cols, vals, lo, hi, cost = [], [], [], [], [], []
+    r_blocks = []  # (layer, r columns (n_links, K), i, j)
+    n_rows = 0
+
+    def add_rows(row_cols: np.ndarray, row_vals: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
+        # row_cols / row_vals: (n, m) blocks, one row each
+        nonlocal n_rows
+        n, m = row_cols.shape
+        rows.append(np.repeat(n_rows + np.arange(n), m))
+        cols.append(row_cols.ravel())
+        vals.append(row_vals.ravel())
+        lo.append(low)
+        hi.append(high)
+        n_rows += n
+
+    for l in model.placed:
+        n = model.counts[l]
+        add_rows(x_cols[l], np.ones((n, k)), np.ones(n), np.ones(n))  # one worker per unit
+        caps = np.asarray(model.capacities[l], dtype=float)
+        add_rows(x_cols[l].T, np.ones((k, n)), np.full(k, -np.inf), caps)  # balance
+    for l in active:
+        i_arr, j_arr, g_arr = model.edges[l - 1]
+        r = count + np.arange(i_arr.size * k).reshape(i_arr.size, k)
+        count += i_arr.size * k
+        r_blocks.append((l, r, i_arr, j_arr))
+        cost.append((r.ravel(), -np.repeat(g_arr, k)))
+        m = i_arr.size * k
+        add_rows(np.stack([r.ravel(), x_cols[l][i_arr].ravel()], axis=1), np.tile([1.0, -1.0], (m, 1)),
+                 np.full(m, -np.inf), np.zeros(m))  # r ≤ x[l, i, w]
+        source_cols, source_vals, upper = [r.ravel()[:, None]], [np.ones((m, 1))], np.zeros(m)
+        if l - 1 in x_cols:
+            source_cols.append(x_cols[l - 1][j_arr].ravel()[:, None])
+            source_vals.append(-np.ones((m, 1)))
+        else:  # a fixed input: the co-location indicator is a constant
+            upper = (model.fixed0[j_arr][:, None] == np.arange(k)[None, :]).astype(float).ravel()
+        if l in z_cols:
+            source_cols.append(z_cols[l][j_arr].ravel()[:, None])
+            source_vals.append(-np.ones((m, 1)))
+        add_rows(np.hstack(source_cols), np.hstack(source_vals), np.full(m, -np.inf), upper)  # r ≤ source (+ z)
+        if l in z_cols:
+            budget = float(np.floor(model.budgets[l - 1] + 1e-9))
+            add_rows(z_cols[l].ravel()[None, :], np.full((1, z_cols[l].size), float(model.message_sizes[l - 1])),
+                     np.array([-np.inf]), np.array([budget]))
+    c = np.zeros(count)
+    for where, value in cost:
+        c[where] = value
+    A = sp.csr_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, count))
+    integer = np.zeros(count, dtype=bool)
+    integer[:n_binary] = True
+    milp = _ArrayMILP(c=c, offset=0.0, A=A, row_lower=np.concatenate(lo), row_upper=np.concatenate(hi),
+                      lower=np.zeros(count), upper=np.ones(count), integer=integer)
+    return milp, x_cols, z_cols, r_blocks
+
+
+def solve_surrogate_cvxpy(model: SurrogateModel, *, time_limit: float, seed: int | None = None,
+                          hint: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """The same MIP through cvxpy + HiGHS (no integer scaling needed), with HiGHS's dual bound.
+
+    HiGHS runs through :func:`~.cvxpy_milp.solve_milp_highs` (a child process stopped at the time limit:
+    HiGHS alone can overrun its own limit by minutes on this model).
+    """
+    from .cvxpy_milp import solve_milp_highs
+
+    milp, x_cols, z_cols, r_blocks = _array_model(model)
+    start = None
+    if hint is not None:  # a MIP start: the hinted placement, no pair opened, r = co-location
+        start = np.zeros(milp.c.shape[0])
+        for l, where in x_cols.items():
+            start[where[np.arange(model.counts[l]), hint[l]]] = 1.0
+        for l, r, i_arr, j_arr in r_blocks:
+            source = hint[l - 1] if (l - 1) in x_cols else model.fixed0
+            start[r] = ((hint[l][i_arr] == source[j_arr])[:, None] & (hint[l][i_arr][:, None] == np.arange(model.k)[None, :]))
+    run = solve_milp_highs(milp, time_limit=time_limit, seed=seed, start=start)
+    values = run["values"]
+    if values is None:
+        return {"status": str(run["status"]), "placements": None}
+    placements = _read_placements(model, lambda l, i, w: values[x_cols[l][i, w]])
     opened = None
     if model.budgets is not None:
         opened = [None] * len(model.edges)
-        for l, var in z.items():
-            opened[l - 1] = var.value > 0.5
-    return {"status": str(problem.status), "placements": placements, "opened": opened,
-            "value": _retained(model, placements, opened), "rounding_error": 0.0}
+        for l, where in z_cols.items():
+            opened[l - 1] = values[where] > 0.5
+    bound = None if run.get("bound") is None else -float(run["bound"])
+    return {"status": str(run["status"]), "placements": placements, "opened": opened,
+            "value": _retained(model, placements, opened), "bound_scaled": bound, "rounding_error": 0.0,
+            "seconds": run.get("stats", {}).get("seconds")}
 
 
 def restructure_with_surrogate(problem: Any, engine: str, *, time_limit: float | None, seed: int | None,
@@ -234,15 +326,18 @@ def restructure_with_surrogate(problem: Any, engine: str, *, time_limit: float |
     started = time.perf_counter()
     model = build_surrogate(problem, keep)
     limit = 30.0 if time_limit is None else max(1.0, 0.7 * time_limit)
+    # Warm start: the importance chain maximises the same retained mass by alternating exact assignments.
+    hint = importance_chain(problem, problem.network.trace(problem.calibration).activations)
     if engine == "ortools":
-        hint = importance_chain(problem, problem.network.trace(problem.calibration).activations)
         out = solve_surrogate_ortools(model, time_limit=limit, seed=seed, workers=workers, hint=hint)
     else:
-        out = solve_surrogate_cvxpy(model, time_limit=limit)
+        out = solve_surrogate_cvxpy(model, time_limit=limit, seed=seed, hint=hint)
     if out["placements"] is None:
         return BackendResult(Status.NO_SOLUTION, message=f"surrogate MIP ({engine}) found no placement: {out['status']}")
+    out["hint_value"] = _retained(model, hint)
     plan = out["placements"]
-    result = run_cascade(problem, plan[0], lambda ctx: [plan[ctx.l]], time_limit=time_limit, name=f"{engine} surrogate MIP")
+    left = None if time_limit is None else max(time_limit - (time.perf_counter() - started), 0.1)
+    result = run_cascade(problem, plan[0], lambda ctx: [plan[ctx.l]], time_limit=left, name=f"{engine} surrogate MIP")
     result.stats["surrogate"] = {key: value for key, value in out.items() if key not in ("placements", "opened")}
     result.stats.setdefault("timings", {})["surrogate"] = time.perf_counter() - started
     return result

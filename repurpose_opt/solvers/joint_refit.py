@@ -1,0 +1,369 @@
+"""The final joint refit: every layer's kept weights fine-tuned together on the calibration set.
+
+The cascade fits layer by layer, each against the original pre-activations. What the user sees is the
+output, and errors of consecutive layers can compensate each other: a hidden layer may move *within its
+tolerance* in whatever direction helps the layers after it. This pass keeps the placement and the
+support (a weight that the cascade pruned stays zero, so the volume and every worker's nnz never grow)
+and minimises, over all remaining weights and biases at once,
+
+    ||Ẑ_L − Z_L||²/||Z_L||²  +  μ·Σ_l max(0, e_l²/cap_l² − s²)²  +  Σ_l ρ_l·||W_l − W⁰_l||²,
+
+with e_l the relative calibration error of layer l (cascade: the restructured network on its own
+outputs), ``cap_l`` its allowance (the tolerance, or in budget mode the error the cascade reached), a
+safety factor s < 1, and ρ_l the refit's ridge toward the original weights (:data:`repurpose_opt.lsq.DEFAULT_RIDGE`
+relative to the mean diagonal of layer l's input Gram, per unit of ``||Z_l||²``: the same prior the
+least-squares refits use). L-BFGS runs on exact gradients (backpropagation through Dense, Conv2d via
+im2col, every activation, max/average pooling and Flatten).
+
+Whatever the optimiser returns is checked in float64: a result whose any layer error exceeds its cap, or
+whose output error is not smaller, is pulled back toward the cascade's weights (halving the step) and
+dropped if no point of the segment qualifies. The refit therefore never breaks a tolerance and never
+makes the calibration output error worse.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..layers import AvgPool2d, Conv2d, Dense, Flatten, Identity, MaxPool2d, ReLU, Sigmoid, Tanh
+from ..lsq import DEFAULT_RIDGE, design_matrix
+from ..network import Network
+from ..problems.restructure import calibration_errors
+
+__all__ = ["JointRefit", "joint_refit", "evaluation_flops", "WORK_BUDGET"]
+
+#: Weight of the hinge penalty that keeps every layer within its allowance while the optimiser runs.
+PENALTY = 100.0
+#: The penalty starts at this fraction of a layer's allowance, so float32 rounding never tips it over.
+SAFETY = 0.97
+#: Allowances at or below this relative error mean "keep this layer as it is".
+EXACT = 1e-6
+#: Default work budget of the refit in floating-point operations: ~100 iterations on the shipped models
+#: (a digits MLP evaluation on 1000 samples is 0.35 GFLOP), a handful on a 512-2048-2048-10 MLP (31 GFLOP).
+WORK_BUDGET = 1e11
+#: Fewer affordable evaluations than this and the refit is not worth starting.
+MIN_EVALUATIONS = 20
+
+
+@dataclass(frozen=True)
+class JointRefit:
+    """Outcome of :func:`joint_refit`: the network (unchanged if nothing better was found) and figures."""
+
+    network: Network
+    accepted: bool
+    output_error_before: float
+    output_error_after: float
+    errors: tuple[float, ...]
+    iterations: int
+    evaluations: int
+    seconds: float
+    reason: str
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------- forward/backward
+def _conv_backward_input(grad_cols: np.ndarray, layer: Conv2d, in_shape: tuple[int, ...], n: int) -> np.ndarray:
+    """Adjoint of im2col: scatter the gradient of the (N·Ho·Wo, C·kh·kw) features back onto the input."""
+    c, h, w = in_shape
+    kh, kw = layer.W.shape[2:]
+    (sh, sw), (ph, pw) = layer.stride, layer.padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    # One transpose up front, so every tap below adds a contiguous block.
+    taps = np.ascontiguousarray(grad_cols.reshape(n, ho, wo, c, kh, kw).transpose(4, 5, 0, 3, 1, 2))
+    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad_cols.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            padded[:, :, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw] += taps[u, v]
+    return padded[:, :, ph : ph + h, pw : pw + w]
+
+
+def _maxpool_forward(op: MaxPool2d, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max pooling and the (first) argmax of every window, which its gradient needs."""
+    (kh, kw), (sh, sw) = op.kernel_size, op.stride
+    n, c = x.shape[:2]
+    windows = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    ho, wo = windows.shape[2:4]
+    flat = windows.reshape(n, c, ho, wo, kh * kw)
+    first = flat.argmax(axis=-1)
+    return np.take_along_axis(flat, first[..., None], axis=-1)[..., 0], first
+
+
+def _pool_backward(op: MaxPool2d | AvgPool2d, x: np.ndarray, grad: np.ndarray, first: np.ndarray | None) -> np.ndarray:
+    """Gradient of a pooling layer with respect to its input ``x`` (max: to the first argmax of each window)."""
+    (kh, kw), (sh, sw) = op.kernel_size, op.stride
+    ho, wo = grad.shape[2:]
+    out = np.zeros_like(x)
+    for tap in range(kh * kw):
+        u, v = divmod(tap, kw)
+        share = grad / (kh * kw) if first is None else np.where(first == tap, grad, 0.0)
+        out[:, :, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw] += share
+    return out
+
+
+class _Model:
+    """The network as (weights on a fixed support) → calibration pre-activations, with gradients."""
+
+    def __init__(self, network: Network, X: np.ndarray, free: list[bool], dtype: Any):
+        self.network, self.dtype = network, dtype
+        self.L = network.n_layers
+        self.X = X.astype(dtype)
+        self.free = free
+        self.layers = network.linear_layers
+        self.shapes = [network.shapes(l) for l in range(1, self.L + 1)]
+        self.posts = [[op for op in network.post_ops(l) if not isinstance(op, (Flatten, Identity))] for l in range(1, self.L + 1)]
+        self.masks = [np.flatnonzero(layer.W.reshape(-1) != 0) if free[l] else np.zeros(0, dtype=np.int64)
+                      for l, layer in enumerate(self.layers)]
+        sizes = []
+        for l, layer in enumerate(self.layers):
+            sizes += [self.masks[l].size, layer.b.size if free[l] else 0]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def pack(self, network: Network) -> np.ndarray:
+        parts = []
+        for l, layer in enumerate(network.linear_layers):
+            parts.append(layer.W.reshape(-1)[self.masks[l]])
+            parts.append(layer.b if self.free[l] else np.zeros(0))
+        return np.concatenate(parts).astype(np.float64)
+
+    def weights(self, theta: np.ndarray, dtype: Any = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        dtype = self.dtype if dtype is None else dtype
+        out = []
+        for l, layer in enumerate(self.layers):
+            if not self.free[l]:
+                out.append((layer.W.astype(dtype), layer.b.astype(dtype)))
+                continue
+            W = np.zeros(layer.W.size, dtype=dtype)
+            W[self.masks[l]] = theta[self.offsets[2 * l] : self.offsets[2 * l + 1]]
+            b = theta[self.offsets[2 * l + 1] : self.offsets[2 * l + 2]].astype(dtype)
+            out.append((W.reshape(layer.W.shape), b))
+        return out
+
+    def forward(self, weights: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list, list]:
+        """Pre-activations of every layer and what backward needs."""
+        a = self.X
+        n = a.shape[0]
+        pre, caches = [], []
+        for l, (layer, (W, b)) in enumerate(zip(self.layers, weights, strict=False)):
+            in_shape, pre_shape, _ = self.shapes[l]
+            if isinstance(layer, Dense):
+                x = a.reshape(n, -1)
+                z = x @ W.T + b
+            else:
+                x = design_matrix("conv2d", a.reshape((n,) + in_shape), in_shape, layer)
+                z = (x @ W.reshape(W.shape[0], -1).T + b).reshape(n, pre_shape[1], pre_shape[2], -1).transpose(0, 3, 1, 2)
+            pre.append(z)
+            inputs, value = [], z
+            for op in self.posts[l]:
+                if isinstance(op, MaxPool2d):
+                    pooled, first = _maxpool_forward(op, value)
+                    inputs.append((value, first))
+                    value = pooled
+                else:
+                    inputs.append((value, None))
+                    value = op.apply(value)
+            caches.append((x, inputs, value))
+            a = value
+        return pre, caches
+
+    def backward(self, weights, caches, grads_z: list[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Gradients of ``Σ_l <grads_z[l], Z_l>`` with respect to every layer's (W, b)."""
+        n = self.X.shape[0]
+        out: list[Any] = [None] * self.L
+        upstream = None  # gradient with respect to layer l's output after its post ops
+        for l in range(self.L - 1, -1, -1):
+            layer, (W, _) = self.layers[l], weights[l]
+            if not any(self.free[: l + 1]):
+                out[l] = (np.zeros_like(W), np.zeros(W.shape[0], dtype=W.dtype))
+                continue
+            x, inputs, _ = caches[l]
+            g = upstream
+            if g is not None:
+                for op, (value, first) in zip(reversed(self.posts[l]), reversed(inputs), strict=True):
+                    g = _post_backward(op, value, g, first)
+            if grads_z[l] is not None:
+                g = grads_z[l] if g is None else g + grads_z[l]
+            if g is None:
+                out[l] = (np.zeros_like(W), np.zeros(W.shape[0], dtype=W.dtype))
+                upstream = None
+                continue
+            in_shape = self.shapes[l][0]
+            if isinstance(layer, Dense):
+                out[l] = (g.T @ x, g.sum(axis=0))
+                upstream = (g @ W).reshape((n,) + in_shape) if any(self.free[:l]) else None
+            else:
+                g_mat = g.transpose(0, 2, 3, 1).reshape(-1, g.shape[1])
+                out[l] = ((g_mat.T @ x).reshape(W.shape), g_mat.sum(axis=0))
+                upstream = None
+                if any(self.free[:l]):
+                    upstream = _conv_backward_input(g_mat @ W.reshape(W.shape[0], -1), layer, in_shape, n)
+            if l and upstream is not None:
+                upstream = upstream.reshape((n,) + self.shapes[l - 1][2])
+        return out
+
+    def gradient(self, grads: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        parts = []
+        for l, (gW, gb) in enumerate(grads):
+            if self.free[l]:
+                parts += [gW.reshape(-1)[self.masks[l]], gb]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def _post_backward(op: Any, value: np.ndarray, grad: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
+    """Gradient through one post op applied to ``value`` (``first``: a max pool's argmax per window)."""
+    if isinstance(op, ReLU):
+        return grad * (value > 0)
+    if isinstance(op, Tanh):
+        return grad * (1.0 - np.tanh(value) ** 2)
+    if isinstance(op, Sigmoid):
+        s = op.apply(value)
+        return grad * s * (1.0 - s)
+    if isinstance(op, (MaxPool2d, AvgPool2d)):
+        return _pool_backward(op, value, grad, first)
+    raise TypeError(f"no gradient for {op!r}")  # pragma: no cover - every post op is handled above
+
+
+# ------------------------------------------------------------------------------------------- the refit
+def evaluation_flops(network: Network, n_samples: int) -> float:
+    """Floating-point operations of one objective evaluation (forward and backward pass) on ``n_samples``."""
+    forward = sum(float(layer.flops_per_unit.sum()) for layer in network.structure)
+    return 3.0 * forward * n_samples
+
+
+def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: Any, *, ridge: float = DEFAULT_RIDGE,
+                max_iter: int = 100, max_flops: float = WORK_BUDGET, deadline: float | None = None,
+                dtype: Any = np.float32) -> JointRefit:
+    """Fine-tune every kept weight of ``restructured`` together (see the module docstring).
+
+    Parameters
+    ----------
+    original, restructured : Network
+        Same topology; ``restructured``'s zero weights stay zero.
+    X : ndarray
+        Calibration inputs.
+    caps : sequence of float or None
+        Largest relative calibration error allowed per linear layer (the tolerances); ``None``: the
+        errors ``restructured`` already has (no layer may get worse: budget mode).
+    ridge : float
+        Prior toward the original weights, as in :func:`repurpose_opt.lsq.layer_data`.
+    max_iter : int
+        L-BFGS iterations.
+    max_flops : float
+        Work budget: the optimiser gets at most ``max_flops / evaluation_flops`` objective evaluations
+        (deterministic, unlike a time budget); below :data:`MIN_EVALUATIONS` the refit is skipped.
+    deadline : float, optional
+        ``time.perf_counter()`` value at which to stop with the best point found so far.
+    dtype : numpy dtype
+        Arithmetic of the optimiser's passes (the acceptance checks are float64).
+
+    Examples
+    --------
+    >>> import numpy as np, repurpose_opt as ro
+    >>> rng = np.random.default_rng(0)
+    >>> net = ro.Network([ro.Dense(rng.normal(size=(6, 4))), ro.ReLU(), ro.Dense(rng.normal(size=(3, 6)))], input_shape=(4,))
+    >>> W1, W2 = (layer.W.copy() for layer in net.linear_layers)
+    >>> W1[:3, 3:] = 0.0; W1[3:, :1] = 0.0           # a pruned first layer: relative errors 0.63, 0.57
+    >>> X = rng.normal(size=(200, 4))
+    >>> out = joint_refit(net, net.with_weights([(W1, net.linear_layers[0].b), (W2, net.linear_layers[1].b)]), X, [0.8, 0.8])
+    >>> out.accepted, round(out.output_error_before, 2), bool(out.output_error_after < 0.3)
+    (True, 0.57, True)
+    >>> bool(np.all(out.network.linear_layers[0].W[:3, 3:] == 0)), all(e <= 0.8 for e in out.errors)
+    (True, True)
+    """
+    started = time.perf_counter()
+    L = original.n_layers
+    before = calibration_errors(original, restructured, X)
+    caps = before.copy() if caps is None else np.asarray(caps, dtype=np.float64).reshape(-1)
+    # A layer that must stay (numerically) exact freezes itself and everything before it: any upstream
+    # change would move it.
+    exact = np.flatnonzero(caps[:-1] <= EXACT)
+    free = [l > (exact.max() if exact.size else -1) for l in range(L)]
+    trace = original.trace(X)
+    targets = [np.asarray(z, dtype=dtype) for z in trace.pre_activations]
+    energy = np.array([float(np.sum(np.asarray(z, dtype=np.float64) ** 2)) for z in trace.pre_activations])
+
+    def result(network: Network, accepted: bool, errors: np.ndarray, it: int, evals: int, reason: str) -> JointRefit:
+        return JointRefit(network, accepted, float(before[-1]), float(errors[-1]), tuple(float(e) for e in errors), it, evals,
+                          time.perf_counter() - started, reason)
+
+    if not any(free) or energy[-1] <= 0 or before[-1] <= EXACT:
+        return result(restructured, False, before, 0, 0, "nothing to refit")
+    evaluations = int(max_flops // max(evaluation_flops(restructured, X.shape[0]), 1.0))
+    if evaluations < MIN_EVALUATIONS:
+        return result(restructured, False, before, 0, 0, f"over the work budget ({evaluations} evaluations affordable)")
+    model = _Model(restructured, X, free, dtype)
+    theta0 = model.pack(restructured)
+    prior = model.pack(original)
+    # ρ_l per unit of ||Z_l||²: the least-squares refit's prior, on the joint objective's relative scale.
+    weight = np.zeros_like(theta0)
+    n = X.shape[0]
+    for l in range(L):
+        if not free[l] or energy[l] <= 0:
+            continue
+        x = trace.activations[l].reshape(n, -1)
+        gram_diag = float(np.mean(np.sum(x * x, axis=0)))
+        if isinstance(original.linear_layers[l], Conv2d):
+            gram_diag *= float(np.prod(original.shapes(l + 1)[1][1:]))  # every output position reads it
+        weight[model.offsets[2 * l] : model.offsets[2 * l + 2]] = ridge * max(gram_diag, 1e-300) / energy[l]
+    bounds = np.maximum(np.minimum(SAFETY * caps, 1e150) ** 2 * energy, 1e-300)  # a tolerance of 1e300 is just loose
+    best = {"f": np.inf, "theta": theta0, "evals": 0}
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _OutOfTime
+        best["evals"] += 1
+        weights = model.weights(theta)
+        pre, caches = model.forward(weights)
+        grads_z: list[np.ndarray | None] = [None] * L
+        residual = pre[-1] - targets[-1]
+        value = float(np.sum(residual.astype(np.float64) ** 2)) / energy[-1]
+        grads_z[-1] = (2.0 / energy[-1]) * residual
+        # The output's own error is the objective (acceptance requires it to drop); hidden layers get the hinge.
+        for l in range(L - 1):
+            if not free[l] and not any(free[:l]):
+                continue  # a frozen layer fed by frozen layers keeps its error
+            r = pre[l] - targets[l]
+            err = float(np.sum(r.astype(np.float64) ** 2))
+            if err > bounds[l]:
+                excess = (err - bounds[l]) / bounds[l]
+                value += PENALTY * excess**2
+                factor = min(PENALTY * 4 * excess / bounds[l], 1e30)  # finite in float32 whatever the cap
+                grads_z[l] = (factor * r).astype(dtype)
+        gradient = model.gradient(model.backward(weights, caches, grads_z))
+        delta = theta - prior
+        value += float(np.sum(weight * delta * delta))
+        gradient += 2 * weight * delta
+        if value < best["f"]:
+            best["f"], best["theta"] = value, theta.copy()
+        return value, gradient
+
+    from scipy.optimize import minimize
+
+    iterations, reason = 0, "converged"
+    try:
+        # A short memory: each iteration's own cost (O(memory·parameters)) is then small next to an evaluation.
+        run = minimize(objective, theta0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": int(max_iter), "maxfun": evaluations, "maxcor": 10, "ftol": 1e-10, "gtol": 1e-12})
+        iterations = int(run.nit)
+        if run.nit >= max_iter:
+            reason = "iteration limit"
+        elif best["evals"] >= evaluations:
+            reason = "work budget"
+    except _OutOfTime:
+        reason = "time limit"
+    theta = best["theta"]
+    # Accept the best point, or the largest step toward it that keeps every layer within its cap.
+    for _ in range(8):
+        candidate = restructured.with_weights([(W.astype(np.float64), b.astype(np.float64)) for W, b in model.weights(theta, np.float64)])
+        errors = calibration_errors(original, candidate, X)
+        if np.all(errors <= caps) and errors[-1] < before[-1]:
+            return result(candidate, True, errors, iterations, best["evals"], reason)
+        theta = 0.5 * (theta + theta0)
+    return result(restructured, False, before, iterations, best["evals"], "no improvement within the caps")
