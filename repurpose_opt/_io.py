@@ -21,6 +21,8 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,21 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays, tuples and enums turned into what ``json`` writes."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
 def write_npz(path: str | os.PathLike, kind: str, version: int, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` and ``header`` to ``path`` atomically (temporary file, then rename)."""
     path = as_path("path", path)
@@ -82,10 +99,18 @@ def write_npz(path: str | os.PathLike, kind: str, version: int, header: dict[str
     payload = dict(arrays)
     payload[_HEADER_KEY] = np.frombuffer(json.dumps(full_header, sort_keys=True, allow_nan=True).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, "wb", lambda handle: np.savez(handle, **payload))
+    return path
+
+
+
+def _write_atomic(path: Path, mode: str, write: Any) -> None:
+    """Call ``write(handle)`` on a temporary file next to ``path``, sync it, then rename it over ``path``: a
+    crash leaves the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **payload)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         _publish(tmp, path)
@@ -93,24 +118,23 @@ def write_npz(path: str | os.PathLike, kind: str, version: int, header: dict[str
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
 
+
+def check_version(version: Any, max_version: int, where: str, what: str = "format") -> None:
+    """Refuse a missing/invalid format version, or one newer than this package reads."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise FormatError(f"{where} has no valid format version, got {version!r}")
+    if version > max_version:
+        raise FormatError(
+            f"{where} has {what} version {version!r}; this repurpose-opt reads versions up to {max_version}: "
+            f"upgrade the package"
+        )
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (temporary file in the same directory, then rename)."""
     path = as_path("path", path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _write_atomic(path, "w", lambda handle: handle.write(text))
     return path
 
 
@@ -138,14 +162,7 @@ def read_npz(path: str | os.PathLike, kind: str, max_version: int) -> tuple[dict
         raise FormatError(f"{str(path)!r} has a corrupted header: expected a JSON object")
     if header.get("format") != kind:
         raise FormatError(f"{str(path)!r} holds a {header.get('format')!r} file, expected {kind!r}")
-    version = header.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise FormatError(f"{str(path)!r} has no valid format version, got {version!r}")
-    if version > max_version:
-        raise FormatError(
-            f"{str(path)!r} has format version {version!r}; this repurpose-opt reads versions up to "
-            f"{max_version}: upgrade the package"
-        )
+    check_version(header.get("version"), max_version, repr(str(path)))
     if header.get("sha256") != _digest(arrays):
         raise FormatError(f"{str(path)!r} failed its checksum: the file is corrupted")
     # Files written before the header had its own digest have none; they are still accepted.

@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from ._io import jsonable
 from ._validation import as_choice, as_float_array, as_int
 from .errors import FormatError, InvalidParameterError
 from .layers import Activation, AvgPool2d, Conv2d, Dense, Flatten, Identity, MaxPool2d, ReLU, Sigmoid, Tanh
@@ -189,7 +190,7 @@ class Guarantee:
             "tolerances": None if self.tolerances is None else list(self.tolerances),
             "A": self.A,
             "B": self.B,
-            "layer_terms": [_jsonable(terms) for terms in self.layer_terms],
+            "layer_terms": [jsonable(terms) for terms in self.layer_terms],
             "norm_method": list(self.norm_method),
             "decomposition": self.decomposition,
         }
@@ -216,16 +217,6 @@ class Guarantee:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise FormatError(f"malformed guarantee description: {exc!r}") from exc
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # ======================================================================================= rigorous norms

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.linalg import cholesky, solve_triangular
 
-__all__ = ["LayerData", "WorkerFit", "layer_data", "blas_threads"]
+__all__ = ["LayerData", "WorkerFit", "InverseFit", "layer_data", "blas_threads"]
 
 # Refits are regularised toward the original weights w₀: min ||T − Φw||² + ρ·||w − w₀||², i.e. the same
 # least squares with G + ρI and C + ρ·W₀. Directions the calibration data does not excite (constant
@@ -35,8 +35,6 @@ __all__ = ["LayerData", "WorkerFit", "layer_data", "blas_threads"]
 DEFAULT_RIDGE = 1e-3
 # Floor on ρ so Cholesky factors stay defined on rank-deficient Grams even with ridge=0.
 STABILIZER = 1e-12
-#: Layers with more weights than this (n_out·n_in·s_in) keep the BLAS library's own threading.
-WIDE_LAYER = 1_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,15 +131,15 @@ def layer_data(network, l: int, x_units: np.ndarray, z_target: np.ndarray, ridge
 
 
 def blas_threads(network: Any) -> Any:
-    """One BLAS thread for small networks, the library default for wide ones.
+    """One BLAS thread for the refits of ``network`` (a scoped ``threadpoolctl`` limit).
 
-    The refits are sequences of small triangular solves and GEMMs; on a shared machine a multi-threaded
-    BLAS spends more time synchronising its threads on those than computing (measured: the digits MLP
-    restructure takes 4–9 s with two OpenBLAS threads on a loaded 2-core machine, 0.9 s with one).
+    The refits are long sequences of triangular solves and GEMM/GEMV updates whose operands are only a few
+    MB; on a shared machine a multi-threaded BLAS spends more time synchronising its threads on those than
+    computing. Measured on a loaded 2-core machine: the digits MLP restructure takes 4–9 s with two
+    OpenBLAS threads and 0.9 s with one; the group OMP of one 2048×2048 layer at K = 8 (7085 pairs) 65 s
+    with two threads and 8 s with one. Wide layers are therefore no exception. ``network`` is kept for
+    callers that may want to decide per network.
     """
-    widest = max(s.n_units * s.n_inputs * s.in_message_size for s in network.structure)
-    if widest > WIDE_LAYER:
-        return contextlib.nullcontext()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
@@ -343,3 +341,64 @@ class WorkerFit:
             losses = np.einsum("ngr,rng->n", solved, w)
         self._losses = (key, losses)
         return losses
+
+
+class InverseFit:
+    """A :class:`WorkerFit` seen through ``G[S, S]⁻¹`` and ``W = C_k[:, S] G[S, S]⁻¹``, for dropping groups.
+
+    Removing a set D of groups from a least-squares fit raises its error by exactly
+    ``Σ_rows W_D ((G⁻¹)_DD)⁻¹ W_Dᵀ``, and the inverse and coefficients of the smaller support follow by the
+    Schur downdate ``G⁻¹ ← G⁻¹_S'S' − G⁻¹_S'D ((G⁻¹)_DD)⁻¹ G⁻¹_DS'``: O(|S|²·|D|), without touching the
+    (|S|, F) buffers a :meth:`WorkerFit.reset` recomputes in O(|S|²·F). Backward elimination drops
+    hundreds of pairs per worker on wide layers this way, and refactorises once at the end.
+    """
+
+    def __init__(self, fit: WorkerFit):
+        size = fit.L.shape[0]
+        L_inv = solve_triangular(fit.L, np.eye(size), lower=True)
+        self.inverse = L_inv.T @ L_inv
+        self.coef = fit.Q @ L_inv
+        self.support = fit.support.copy()
+        self.groups = list(fit.groups)
+        self.group_size = fit.data.group_size
+
+    def _where(self, groups: list[int]) -> np.ndarray:
+        """(len(groups), group_size) positions of the groups' features in the support."""
+        position = {int(f): i for i, f in enumerate(self.support)}
+        g = self.group_size
+        return np.array([[position[j * g + a] for a in range(g)] for j in groups], dtype=np.int64).reshape(len(groups), g)
+
+    def losses(self, groups: list[int]) -> np.ndarray:
+        """Error increase from dropping each of ``groups`` alone."""
+        if not groups or self.coef.shape[0] == 0:
+            return np.zeros(len(groups))
+        where = self._where(groups)
+        w = self.coef[:, where]  # (rows, n, g)
+        if self.group_size == 1:
+            return np.einsum("rn,rn->n", w[:, :, 0], w[:, :, 0]) / self.inverse[where[:, 0], where[:, 0]]
+        blocks = self.inverse[where[:, :, None], where[:, None, :]]
+        solved = np.linalg.solve(blocks, w.transpose(1, 2, 0))
+        return np.einsum("ngr,rng->n", solved, w)
+
+    def joint_loss(self, groups: list[int]) -> float:
+        """Error increase from dropping all of ``groups`` at once (exact, interactions included)."""
+        if not groups or self.coef.shape[0] == 0:
+            return 0.0
+        idx = self._where(groups).ravel()
+        w = self.coef[:, idx]
+        block = self.inverse[np.ix_(idx, idx)]
+        return float(np.einsum("rd,dr->", w, np.linalg.solve(block, w.T)))
+
+    def drop(self, groups: list[int]) -> None:
+        """Remove ``groups`` from the support (Schur downdate of the inverse and the coefficients)."""
+        idx = self._where(groups).ravel()
+        keep = np.setdiff1d(np.arange(self.support.size), idx)
+        block = self.inverse[np.ix_(idx, idx)]
+        cross = self.inverse[np.ix_(idx, keep)]  # (G⁻¹)_DS'
+        solved = np.linalg.solve(block, cross)
+        self.coef = self.coef[:, keep] - self.coef[:, idx] @ solved
+        self.inverse = self.inverse[np.ix_(keep, keep)] - cross.T @ solved
+        self.support = self.support[keep]
+        dropped = set(groups)
+        self.groups = [j for j in self.groups if j not in dropped]
+

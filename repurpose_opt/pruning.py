@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from .lsq import LayerData, WorkerFit, blas_threads
+from .lsq import InverseFit, LayerData, WorkerFit, blas_threads
 
 if TYPE_CHECKING:
     from .solvers.base import BackendResult
@@ -239,41 +239,61 @@ def _backward_elimination(fits: list[WorkerFit | None], opened: list[tuple[int, 
                           in_placement: np.ndarray) -> list[tuple[int, int]]:
     """Drop opened pairs, cheapest first, while the error stays within ``target``.
 
-    Removal losses interact, so several pairs are dropped at once only while their summed loss stays
-    under half the slack; the refit error is then checked, and a batch that broke the target is undone
-    (from a snapshot, no refactorisation) and retried with half as many pairs.
+    Works on each worker's inverse Gram (:class:`~repurpose_opt.lsq.InverseFit`): a batch's *joint* loss
+    (interactions included) is exact, so a batch is checked before it is committed and committing it is a
+    Schur downdate, not a refactorisation. Several pairs go at once while their summed single losses stay
+    under half the slack (a batch whose joint loss breaks the target is retried with half as many pairs).
+    The fits are refactorised once at the end; if round-off then puts the error above ``target``, the
+    batches are put back, last first, until it is met again.
     """
     opened = list(opened)
+    states = {w: InverseFit(fit) for w, fit in enumerate(fits) if fit is not None and any(v == w for _, v in opened)}
+    current = sum(fit.error for fit in fits if fit is not None)
+    batches: list[list[tuple[int, int]]] = []
     while opened:
-        current = sum(fit.error for fit in fits if fit is not None)
         slack = target - current
         if slack <= 0:
             break
         candidates = []
-        for worker, fit in enumerate(fits):
-            mine = [g for g, w in opened if w == worker] if fit is not None else []
+        for worker, state in states.items():
+            mine = [g for g, w in opened if w == worker]
             if mine:
-                candidates += [(float(loss), worker, group) for loss, group in zip(fit.removal_losses(mine), mine, strict=True)]
+                candidates += [(float(loss), worker, group) for loss, group in zip(state.losses(mine), mine, strict=True)]
         candidates.sort()
         if not candidates or candidates[0][0] > slack:
             break
         losses = np.cumsum([c[0] for c in candidates])
         count = max(1, int(np.searchsorted(losses, 0.5 * slack, side="right")))
         while True:
-            chosen = candidates[:count]
-            states = {w: fits[w].snapshot() for _, w, _ in chosen}
-            for worker in states:
-                dropped = {g for _, w, g in chosen if w == worker}
-                fits[worker].reset(np.asarray([g for g in fits[worker].groups if g not in dropped], dtype=np.int64))
-            if sum(fit.error for fit in fits if fit is not None) <= target:
+            chosen: dict[int, list[int]] = {}
+            for _, worker, group in candidates[:count]:
+                chosen.setdefault(worker, []).append(group)
+            loss = sum(states[w].joint_loss(groups) for w, groups in chosen.items())
+            if current + loss <= target:
                 break
-            for worker, state in states.items():  # the losses interacted: undo, then try fewer
-                fits[worker].restore(state)
             if count == 1:
-                return opened  # even the cheapest single drop breaks the target
+                chosen = {}
+                break  # even the cheapest single drop breaks the target
             count //= 2
-        for _, worker, group in chosen:
-            opened.remove((group, worker))
+        if not chosen:
+            break
+        for worker, groups in chosen.items():
+            states[worker].drop(groups)
+        batch = [(g, w) for w, groups in chosen.items() for g in groups]
+        dropped = set(batch)
+        opened = [pair for pair in opened if pair not in dropped]
+        batches.append(batch)
+        current += loss
+    if not batches:
+        return opened
+    for worker, state in states.items():
+        if len(state.groups) != len(fits[worker].groups):
+            fits[worker].reset(np.asarray(state.groups, dtype=np.int64))
+    while batches and sum(fit.error for fit in fits if fit is not None) > target:
+        batch = batches.pop()  # round-off in the downdates: put the last batch back
+        for worker in {w for _, w in batch}:
+            fits[worker].add_many([g for g, w in batch if w == worker])
+        opened += batch
     return opened
 
 
@@ -318,18 +338,49 @@ def _solve_pruning_greedy(problem) -> BackendResult:
     if problem.tolerance is not None:
         data, target, smallest = feasible_fit_data(problem.fit_data, problem.tolerance)
         if data is None:
+            own = _own_weights(problem)
+            if own is not None:
+                return own
             return BackendResult(Status.INFEASIBLE, message=f"tolerance {problem.tolerance:.4g} cannot be met; the smallest relative error reachable is {smallest:.4g}")
         result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target, max_groups=caps)
         if not result.feasible:  # the greedy stalled above a target the full fit reaches: open the rest
             result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=0.0, backward=False,
                                  max_groups=caps)
             if result.error > target * (1 + 1e-6):
+                own = _own_weights(problem)
+                if own is not None:
+                    return own
                 why = " within the nnz budget" if caps is not None else ""
                 return BackendResult(Status.NO_SOLUTION, message=f"the adjustment could not reach the tolerance{why}")
     else:
         result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, max_pairs=problem.max_pairs,
                              max_groups=caps)
     return _pruning_result(problem, result.coef, result.opened, Status.FEASIBLE, "group OMP + backward elimination")
+
+
+def _own_weights(problem) -> BackendResult | None:
+    """The layer's own weights as the answer, if their directly computed error meets the tolerance.
+
+    The least-squares floor goes through a Cholesky solve and is accurate to only ~1e-7 relative on an
+    ill-conditioned Gram, while the original weights reproduce their own targets exactly: this keeps
+    tolerance 0 reachable there (every input the weights read is opened; no nnz budget may be exceeded).
+    """
+    from .solution import Status
+
+    if problem.nnz_budget is not None and np.any(problem.worker_nnz(problem.network) > np.asarray(problem.nnz_budget)):
+        return None
+    if problem.relative_error(problem.network) ** 2 > allowed_error_ratio(problem.tolerance):
+        return None
+    layer = problem.layer
+    coef = np.hstack([layer.W.reshape(layer.W.shape[0], -1), layer.b[:, None]])
+    opened = []
+    if problem.in_placement is not None:
+        n_inputs = problem.network.structure[0].n_inputs
+        reads = (layer.W.reshape(layer.W.shape[0], n_inputs, -1) != 0).any(axis=2)
+        for worker in range(problem.k):
+            held = reads[problem.output_placement == worker].any(axis=0)
+            opened += [(int(j), worker) for j in np.flatnonzero(held & (problem.in_placement != worker))]
+    return _pruning_result(problem, coef, opened, Status.FEASIBLE, "the layer's own weights (exact on these inputs)")
 
 
 def exact_pair_table(data: LayerData, in_placement, out_placement, k: int, max_subsets: int, max_groups=None):

@@ -106,13 +106,13 @@ def save_solution(solution: Solution, path: str | os.PathLike) -> Path:
     arrays: dict[str, np.ndarray] = {}
     header: dict[str, Any] = {
         "status": solution.status.value,
-        "objective": _jsonable(solution.objective),
-        "bound": _jsonable(solution.bound),
-        "gap": _jsonable(solution.gap),
+        "objective": _io.jsonable(solution.objective),
+        "bound": _io.jsonable(solution.bound),
+        "gap": _io.jsonable(solution.gap),
         "backend": solution.backend,
-        "timings": _jsonable(solution.timings),
+        "timings": _io.jsonable(solution.timings),
         "message": solution.message,
-        "stats": _jsonable(solution.stats),
+        "stats": _io.jsonable(solution.stats),
         "cluster": None if solution.cluster is None else solution.cluster.to_dict(),
         "output": solution.output,
         "seed": solution.seed,
@@ -265,17 +265,3 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     array = np.array(array, dtype=np.int64)
     array.flags.writeable = False
     return array
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value

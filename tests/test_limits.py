@@ -1,11 +1,14 @@
 """Limits and faults (issue 6): time limits, Ctrl-C, oversized instances, native crashes, verification.
 
 Properties checked:
-- every partition backend returns within 1.5 x the time limit + 2 s on an instance that runs longer than the
-  limit, with a verified incumbent (FEASIBLE) or NO_SOLUTION, never OPTIMAL without its proof;
-- Ctrl-C (a real SIGINT sent to a solving process) returns the best incumbent so far with status FEASIBLE
-  and ``stats["interrupted"]``, and leaves no child process behind (greedy, munkres, CP-SAT, the HiGHS
-  child, the Mt-KaHyPar child);
+- every backend returns within 1.5 x the time limit + 2 s on an instance that runs longer than the limit, on
+  every problem type it accepts (partition, restructure: placement and cascade share the limit; pruning),
+  with a verified incumbent (FEASIBLE) or NO_SOLUTION, never OPTIMAL without its proof;
+- Ctrl-C (a real SIGINT sent to a solving process) during a long solve of each backend family returns the
+  best incumbent so far with status FEASIBLE (NO_SOLUTION when the backend had offered none) and
+  ``stats["interrupted"]``, within a few seconds, and leaves no child process behind (greedy, munkres,
+  CP-SAT, the HiGHS child, the Mt-KaHyPar child, brute force; the restructuring cascade, the surrogate MIP;
+  the group-lasso child and the enumeration child of pruning);
 - in process: a backend that offered an incumbent and is interrupted gives FEASIBLE with that incumbent,
   recounted and verified; without an offer NO_SOLUTION; a nested solve hands the interrupt to the outer
   solve, whose slot also holds the offers made on the same problem; an inconsistent offer is an error;
@@ -86,6 +89,53 @@ def test_hypergraph_time_limit_returns_the_layers_placed_so_far(wide):
     assert sol.stats["time_limit_reached"] and "contiguous split" in sol.message
 
 
+@pytest.fixture(scope="module")
+def restructure() -> ro.RestructureProblem:
+    """48-192-192-10, 800 calibration samples, K = 4: every engine needs 2-4 s without a limit (the joint refit)."""
+    net = random_network((48, 192, 192, 10), density=0.6, seed=2)
+    return ro.RestructureProblem(net, ro.Cluster(k=4), calibration=np.random.default_rng(0).normal(size=(800, 48)),
+                                 tolerance=0.05)
+
+
+@pytest.mark.parametrize("backend", ["direct", "greedy", "munkres", "hypergraph", "ortools", "cvxpy", "repurpose"])
+def test_restructure_time_limit_covers_placement_and_cascade(restructure, backend):
+    """The placement (a partition engine, or the surrogate MIP) and the cascade share one limit."""
+    limit = 1.0
+    started = time.perf_counter()
+    sol = ro.solve(restructure, backend, time_limit=limit, seed=0, verify=True)
+    elapsed = time.perf_counter() - started
+    assert _within(elapsed, limit), f"{backend} took {elapsed:.2f} s with a {limit} s limit"
+    assert sol.status is ro.Status.FEASIBLE and sol.stats["time_limit_reached"], sol.message
+    assert sol.guarantee is not None
+
+
+def _pruning(n_in: int, n_out: int, k: int, samples: int) -> ro.PruningProblem:
+    rng = np.random.default_rng(0)
+    layer = ro.Dense(rng.normal(size=(n_out, n_in)), rng.normal(size=n_out))
+    X = rng.normal(size=(samples, n_in))
+    return ro.PruningProblem(X, layer.apply(X), layer, np.arange(n_out) % k, ro.Cluster(k=k),
+                             input_placement=np.arange(n_in) % k, tolerance=0.05)
+
+
+def test_cvxpy_pruning_time_limit_cuts_the_path_and_still_meets_the_tolerance():
+    """One conic solve of this layer takes seconds; the path's child is killed at the limit and the pairs it
+    did not reach are ranked by their residual correlation, so the selection still meets the tolerance."""
+    limit = 1.0
+    started = time.perf_counter()
+    sol = ro.solve(_pruning(256, 128, 4, 1500), "cvxpy", time_limit=limit, verify=True)
+    elapsed = time.perf_counter() - started
+    assert _within(elapsed, limit), f"cvxpy took {elapsed:.2f} s with a {limit} s limit"
+    assert sol.status is ro.Status.FEASIBLE and sol.stats["stopped"] == "time limit"
+
+
+def test_bruteforce_pruning_time_limit_gives_no_solution():
+    problem = _pruning(28, 8, 2, 200)  # 2^14 supports per worker: seconds of enumeration
+    started = time.perf_counter()
+    sol = ro.solve(problem, "bruteforce", time_limit=0.3)
+    assert _within(time.perf_counter() - started, 0.3)
+    assert sol.status is ro.Status.NO_SOLUTION and "time limit ran out" in sol.message
+
+
 def test_bruteforce_time_limit_gives_no_solution():
     net = random_network((12, 12, 12, 12, 12), density=0.3, seed=0)
     problem = ro.PartitionProblem(net, ro.Cluster(k=2), input_placement="free", objective="latency")
@@ -98,7 +148,9 @@ def test_bruteforce_time_limit_gives_no_solution():
 # --------------------------------------------------------------------------------------------- Ctrl-C
 _SIGINT_SCRIPT = textwrap.dedent("""
     import os, sys
+    import numpy as np
     import repurpose_opt as ro
+    from repurpose_opt.solvers import base
     from repurpose_opt.studies.instances import random_network
 
     def children():
@@ -112,45 +164,97 @@ _SIGINT_SCRIPT = textwrap.dedent("""
                     pass
         return found
 
+    offer = base.IncumbentSlot.offer
+
+    def announce(self, incumbent):  # tells the test when the outermost solve holds an incumbent
+        if self.parent is None and self.offers == 0:
+            print("offered", flush=True)
+        offer(self, incumbent)
+
+    base.IncumbentSlot.offer = announce
+    rng = np.random.default_rng(0)
     medium = ro.PartitionProblem(random_network((256, 512, 512, 256), density=0.05, seed=1), ro.Cluster(k=4),
                                  input_placement="free", output="distributed")
     wide = ro.PartitionProblem(random_network((2000, 2000, 2000), density=0.02, seed=0), ro.Cluster(k=8),
                                input_placement="free")
-    runs = [("greedy", medium, {"restarts": 500}), ("munkres", medium, {"restarts": 500}),
-            ("ortools", medium, {"warm_start": "direct"}), ("cvxpy", medium, {"warm_start": "direct"}),
-            ("hypergraph", wide, {"preset": "quality"})]
-    for backend, problem, options in runs:
-        print("solving", backend, flush=True)
+    chain = ro.PartitionProblem(random_network((12, 12, 12, 12, 12), density=0.3, seed=0), ro.Cluster(k=2),
+                                input_placement="free", objective="latency")
+    restructure = ro.RestructureProblem(random_network((48, 192, 192, 10), density=0.6, seed=2), ro.Cluster(k=4),
+                                        calibration=rng.normal(size=(800, 48)), tolerance=0.05)
+
+    def pruning(n_in, n_out, k, samples):
+        layer = ro.Dense(rng.normal(size=(n_out, n_in)), rng.normal(size=n_out))
+        X = rng.normal(size=(samples, n_in))
+        return ro.PruningProblem(X, layer.apply(X), layer, np.arange(n_out) % k, ro.Cluster(k=k),
+                                 input_placement=np.arange(n_in) % k, tolerance=0.05)
+
+    # (label, backend, problem, options, when): Ctrl-C 0.3 s after the first incumbent ("offer") or 1 s
+    # into the solve ("delay": backends that hold no incumbent before they finish).
+    runs = [("partition:greedy", "greedy", medium, {"restarts": 500}, "offer"),
+            ("partition:munkres", "munkres", medium, {"restarts": 500}, "offer"),
+            ("partition:ortools", "ortools", medium, {"warm_start": "direct"}, "offer"),
+            ("partition:cvxpy", "cvxpy", medium, {"warm_start": "direct"}, "offer"),
+            ("partition:hypergraph", "hypergraph", wide, {"preset": "quality"}, "offer"),
+            ("partition:bruteforce", "bruteforce", chain, {}, "delay"),
+            ("restructure:direct", "direct", restructure, {}, "offer"),
+            ("restructure:greedy", "greedy", restructure, {}, "offer"),
+            ("restructure:repurpose", "repurpose", restructure, {}, "delay"),
+            ("restructure:ortools", "ortools", restructure, {}, "delay"),
+            ("pruning:cvxpy", "cvxpy", pruning(256, 128, 4, 1500), {}, "delay"),
+            ("pruning:bruteforce", "bruteforce", pruning(28, 8, 2, 200), {}, "delay")]
+    for label, backend, problem, options, when in runs:
+        print("solving", label, when, flush=True)
         sol = ro.solve(problem, backend, time_limit=300, seed=0, options=options, verify=True)
-        print("result", backend, sol.status.value, sol.objective, sol.stats.get("interrupted"), children(), flush=True)
+        print("result", label, sol.status.value, sol.objective, sol.stats.get("interrupted"), children(), flush=True)
 """)
+
+#: The "problem:backend" runs of the script: one per backend family.
+_FAMILIES = {"partition:greedy", "partition:munkres", "partition:ortools", "partition:cvxpy", "partition:hypergraph",
+             "partition:bruteforce", "restructure:direct", "restructure:greedy", "restructure:repurpose", "restructure:ortools", "pruning:cvxpy",
+             "pruning:bruteforce"}
 
 
 def test_ctrl_c_returns_the_incumbent_and_leaves_no_child_process():
-    """A real SIGINT during each long solve: FEASIBLE with the incumbent, the process goes on, no child left."""
+    """A real SIGINT during a long solve of every backend family (heuristics, CP-SAT, the HiGHS child, the
+    Mt-KaHyPar child, brute force, the restructuring cascade, the surrogate MIP, the group-lasso child, the
+    pruning enumeration child): FEASIBLE with the incumbent when one was offered, else NO_SOLUTION; the
+    process goes on and no child process is left behind."""
     process = subprocess.Popen([sys.executable, "-c", _SIGINT_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    results = {}
+    results, label, when, sent = {}, None, None, None
+
+    def interrupt():
+        nonlocal sent
+        if sent is None:
+            sent = time.perf_counter()
+            os.kill(process.pid, signal.SIGINT)
+
     try:
         for line in process.stdout:
             words = line.split()
             if words[0] == "solving":
-                time.sleep(2.0)  # well inside the search (imports and warm starts take < 1 s)
-                sent = time.perf_counter()
-                os.kill(process.pid, signal.SIGINT)
+                label, when, sent = words[1], words[2], None
+                if when == "delay":
+                    time.sleep(1.0)  # well inside the search (imports are done, every such solve takes > 1.5 s)
+                    interrupt()
+            elif words[0] == "offered" and when == "offer":
+                time.sleep(0.3)
+                interrupt()
             elif words[0] == "result":
-                results[words[1]] = (words[2:], time.perf_counter() - sent)
+                results[words[1]] = (when, words[2:], None if sent is None else time.perf_counter() - sent)
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, process.stderr.read()[-2000:]
-    assert set(results) == {"greedy", "munkres", "ortools", "cvxpy", "hypergraph"}
-    for backend, ((status, objective, interrupted, children), delay) in results.items():
-        assert status == "FEASIBLE" and float(objective) > 0, backend
-        assert interrupted == "True", backend
-        assert children == "0", f"{backend} left {children} child process(es)"
-        assert delay < 5.0, f"{backend} took {delay:.1f} s to answer Ctrl-C"
+    assert set(results) == _FAMILIES
+    for label, (when, (status, objective, interrupted, children), delay) in results.items():
+        assert delay is not None and interrupted == "True", f"{label} finished before Ctrl-C: {status}"
+        assert status in ("FEASIBLE", "NO_SOLUTION"), label
+        if when == "offer":  # it held an incumbent: Ctrl-C must not lose it
+            assert status == "FEASIBLE" and float(objective) > 0, label
+        assert children == "0", f"{label} left {children} child process(es)"
+        assert delay < 5.0, f"{label} took {delay:.1f} s to answer Ctrl-C"
 
 
 class _Interrupted(Backend):
@@ -246,6 +350,9 @@ def test_oversized_instances_are_refused_up_front_with_the_estimate(monkeypatch,
     ):
         with pytest.raises(ro.BackendCannotSolveError, match=pattern):
             ro.solve(medium, backend)
+    with pytest.raises(ro.BackendCannotSolveError, match=r"the group-lasso path would hold ~4,243,584 nonzeros / ~1.8 GiB .*"
+                                                          r"largest worker 0: 257 features x 32 units"):
+        ro.solve(_pruning(256, 128, 4, 50), "cvxpy")
     monkeypatch.setenv("REPURPOSE_OPT_MEMORY_LIMIT", "60MB")  # room for one layer's model, not for all of them
     with pytest.raises(ro.BackendCannotSolveError, match="the whole-network model would have .* use mode='layerwise'"):
         ro.solve(medium, "ortools", options={"mode": "whole"})

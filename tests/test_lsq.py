@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repurpose_opt as ro
@@ -86,3 +86,36 @@ def test_full_support_reproduces_exact_layer():
     Y = net.forward(X)
     data = layer_data(net, 1, net.to_units(X), Y)
     assert minimum_error(data) == pytest.approx(0.0, abs=1e-9 * data.data_energy.sum())
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 10_000), conv=st.booleans())
+def test_inverse_fit_joint_losses_and_downdates_match_fresh_fits(seed, conv):
+    """Backward elimination's downdates: the joint loss of dropping a set of groups, and the fit after
+    dropping them, equal a fit refactorised from scratch on the smaller support."""
+    from repurpose_opt.lsq import InverseFit
+
+    rng = np.random.default_rng(seed)
+    if conv:
+        net = ro.Network([ro.Conv2d(rng.normal(size=(4, 5, 3, 3)), padding=1)], input_shape=(5, 5, 5))
+        X = rng.normal(size=(10, 5, 5, 5))
+        Z = net.trace(X).pre_activations[0] + 0.1 * rng.normal(size=(10, 4, 5, 5))
+        data, n_groups = layer_data(net, 1, net.to_units(X), Z, ridge=1e-3), 5
+    else:
+        net, X, Y = _dense_case(seed)
+        data, n_groups = layer_data(net, 1, net.to_units(X), Y, ridge=1e-3), 9
+    rows = np.array([0, 2, 3])
+    groups = list(rng.permutation(n_groups)[: n_groups - 1])
+    fit = WorkerFit(data, rows, np.array(groups))
+    state = InverseFit(fit)
+    singles = state.losses(groups)
+    for j, loss in zip(groups, singles, strict=True):
+        smaller = WorkerFit(data, rows, np.array([g for g in groups if g != j]))
+        assert loss == pytest.approx(smaller.error - fit.error, rel=1e-6, abs=1e-9)
+    drop = groups[:2]
+    smaller = WorkerFit(data, rows, np.array(groups[2:]))
+    assert state.joint_loss(drop) == pytest.approx(smaller.error - fit.error, rel=1e-6, abs=1e-9)
+    state.drop(drop)
+    assert state.groups == groups[2:]
+    # After the downdate the next losses are those of the smaller fit.
+    np.testing.assert_allclose(state.losses(groups[2:3]), smaller.removal_losses(groups[2:3]), rtol=1e-6, atol=1e-9)

@@ -193,3 +193,23 @@ def test_surrogate_mip_engines_verify(backend, mode, input_placement):
     assert surrogate["value"] >= surrogate["hint_value"] - 1e-9
     if "comm_budget" in mode:
         assert sol.report.comm_scalars <= 12.0
+
+
+def test_exact_tolerance_is_reachable_where_the_least_squares_floor_is_not():
+    """Tolerance 0 on the last layer forces exact layers before it; on 200 digits samples the Cholesky
+    floor of layer 2 is ~2e-7 relative (above the 1e-7 slack), so the layers' own weights must be tried."""
+    from repurpose_opt import zoo
+
+    model = zoo.load("digits_mlp")
+    problem = ro.RestructureProblem(model.network, ro.Cluster(k=4), calibration=model.calibration(200),
+                                    tolerance=[0.05, 0.05, 0.05, 0.0])
+    sol = ro.solve(problem, backend="repurpose", options={"joint_iterations": 0, "partitioners": ()}, verify=True)
+    assert sol.status is ro.Status.FEASIBLE
+    assert max(sol.guarantee.calibration_errors) <= 1e-7
+    # The same layer 2 as a PruningProblem: FEASIBLE with its own weights, not a wrong INFEASIBLE.
+    trace = model.network.trace(model.calibration(200))
+    exact = ro.PruningProblem(trace.activations[1].reshape(200, -1), trace.pre_activations[1], model.network.linear_layers[1],
+                              np.arange(128) % 4, ro.Cluster(k=4), input_placement=np.arange(256) % 4, tolerance=0.0)
+    pruned = ro.solve(exact, backend="greedy", verify=True)
+    assert pruned.status is ro.Status.FEASIBLE and exact.relative_error(pruned.network) <= 1e-7
+    assert "own weights" in pruned.message

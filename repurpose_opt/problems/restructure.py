@@ -12,7 +12,14 @@ from .._validation import as_choice, as_float, as_float_array, readonly
 from ..cluster import Cluster
 from ..errors import InvalidProblemError
 from ..network import Network
-from ._common import check_imbalance, check_no_overflow, check_input_placement, check_network_and_cluster, check_output, layer_capacities
+from ._common import (
+    check_imbalance,
+    check_input_placement,
+    check_network_and_cluster,
+    check_no_overflow,
+    check_output,
+    layer_capacities,
+)
 
 __all__ = ["RestructureProblem", "calibration_errors"]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,22 +382,8 @@ def export(solution: Any, directory: str | os.PathLike, *, dtype: str = "float32
             "objective": solution.objective,
         },
     }
-    _write_json_atomic(directory / MANIFEST, manifest)
+    _io.write_text_atomic(directory / MANIFEST, json.dumps(manifest, separators=(",", ":")))
     return directory
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, separators=(",", ":"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -507,14 +492,7 @@ def load_export(directory: str | os.PathLike, workers: Iterable[int] | None = No
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise FormatError(f"{str(manifest_path)!r} holds {found!r}, expected a {EXPORT_FORMAT!r} manifest")
-    version = manifest.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise FormatError(f"{str(manifest_path)!r} has no valid format version, got {version!r}")
-    if version > EXPORT_VERSION:
-        raise FormatError(
-            f"{str(manifest_path)!r} has export format version {version}; this repurpose-opt reads versions up "
-            f"to {EXPORT_VERSION}: upgrade the package"
-        )
+    _io.check_version(manifest.get("version"), EXPORT_VERSION, repr(str(manifest_path)), "export format")
     k = check.count(manifest, "k", "the manifest")
     dtype = check.get(manifest, "dtype", str, "the manifest")
     if dtype not in DTYPES:

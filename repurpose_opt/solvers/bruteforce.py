@@ -16,7 +16,9 @@ them past the defaults ``can_solve`` applies. FLOPs/parameter capacities make th
 distinct load vectors; keep such instances to a handful of units per layer.
 
 Time limit: checked between layers (placements and pair costs) and inside the capacitated DP; the oracle
-has no incumbent before the DP ends, so running out of time gives NO_SOLUTION. With capacities the DP's
+has no incumbent before the DP ends, so running out of time gives NO_SOLUTION. A PruningProblem's
+enumeration has no clock of its own: with a time limit it runs in a child process killed when the limit
+runs out (NO_SOLUTION) or on Ctrl-C. With capacities the DP's
 frontier (placement, per-worker loads) is capped at :data:`MAX_DP_STATES` entries (1,000,000, about
 1 GiB): past it the backend stops with a :class:`~repurpose_opt.BackendCannotSolveError` naming the count,
 before the memory runs out (the count cannot be known without running the DP).
@@ -165,6 +167,60 @@ def _pruning_subsets(problem: Any) -> tuple[int, str]:
     return worst, why
 
 
+def _pruning_child(connection: Any, problem: Any) -> None:
+    """The child process of a time-limited pruning enumeration: send its result (or its error)."""
+    import signal
+
+    from ..pruning import solve_pruning_exact
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process stops
+    try:
+        connection.send(("result", solve_pruning_exact(problem, PRUNING_SUBSETS)))
+    except Exception as exc:  # noqa: BLE001 - the parent raises it as a SolverError
+        connection.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        connection.close()
+
+
+def _pruning_within(problem: Any, time_limit: float | None) -> BackendResult:
+    """The exact pruning enumeration; with a time limit, in a child process killed when it runs out.
+
+    The enumeration (:func:`repurpose_opt.pruning.solve_pruning_exact`) has no clock of its own and no
+    incumbent before it ends: out of time, or on Ctrl-C (re-raised), the child is killed (NO_SOLUTION).
+    """
+    from ..pruning import solve_pruning_exact
+
+    if time_limit is None:
+        return solve_pruning_exact(problem, PRUNING_SUBSETS)
+    import multiprocessing
+
+    from ..errors import SolverError
+
+    started = time.perf_counter()
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_pruning_child, args=(send, problem), daemon=True, name="repurpose-bruteforce")
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(float(time_limit)):
+            return BackendResult(Status.NO_SOLUTION, message="the time limit ran out before the enumeration of pair subsets finished",
+                                 stats={"seconds": time.perf_counter() - started})
+        try:
+            kind, payload = receive.recv()
+        except EOFError:
+            child.join(1.0)
+            raise SolverError(f"the enumeration process died (exit code {child.exitcode})") from None
+        if kind == "error":
+            raise SolverError(f"the pruning enumeration failed: {payload}")
+        return payload
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+
+
 class BruteForceBackend(Backend):
     """Exact by exhaustive enumeration of balanced placements and a DP over the layer chain."""
 
@@ -216,9 +272,7 @@ class BruteForceBackend(Backend):
     # ------------------------------------------------------------------------------------------- solve
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
         if type(problem).__name__ == "PruningProblem":
-            from ..pruning import solve_pruning_exact
-
-            return solve_pruning_exact(problem, PRUNING_SUBSETS)
+            return _pruning_within(problem, time_limit)
         sizes = self._layer_sizes(problem, options["max_layer_states"])
         pairs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         if max(sizes) > options["max_layer_states"] or pairs > options["max_pairs"]:

@@ -416,6 +416,15 @@ class CvxpyBackend(Backend):
 
     def can_solve(self, problem: Any) -> str | None:
         reason = super().can_solve(problem)
+        if reason is None and type(problem).__name__ == "PruningProblem":
+            from . import cvxpy_pruning
+
+            nonzeros, where = cvxpy_pruning.group_lasso_nonzeros(problem)
+            need, limit = nonzeros * cvxpy_pruning.BYTES_PER_NONZERO, memory_budget()
+            if need > limit:
+                return (f"the group-lasso path would hold ~{nonzeros:,} nonzeros / ~{format_bytes(need)} in cvxpy and "
+                        f"Clarabel (largest {where}; about {cvxpy_pruning.BYTES_PER_NONZERO} bytes per nonzero); limit "
+                        f"{format_bytes(limit)} (${MEMORY_ENV}); use the greedy backend")
         if reason is not None or type(problem).__name__ != "PartitionProblem":
             return reason
         from .ortools_cpsat import model_rows

@@ -18,10 +18,20 @@ least-squares refit (shared Gram, :class:`~repurpose_opt.lsq.WorkerFit`) meets t
 (binary search: refit errors of nested supports never increase), or, under a volume budget, the longest
 prefix within the budget. An nnz budget trims each worker's local inputs first (least error lost) and
 then skips pairs of full workers. The status is FEASIBLE (a relaxation gives no proof).
+
+**Time limit and Ctrl-C.** The conic solves run in a child process (one interior-point iteration of a wide
+layer's problem takes seconds, and Clarabel checks its clock only between iterations). The path gets
+``PATH_SHARE`` of the time limit; then the child is killed, and the pairs the path did not reach are ranked
+after the others by their residual correlation (the order in which they would enter at λ_max), so the
+selection and exact refit still return a solution that meets the tolerance or budget. On Ctrl-C the child
+is killed at once and the interrupt propagates (no incumbent: status NO_SOLUTION).
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import signal
 import time
 from typing import Any
 
@@ -32,13 +42,43 @@ from ..pruning import feasible_fit_data, local_fits
 from ..solution import Status
 from .base import BackendResult
 
-__all__ = ["solve_pruning_group_lasso", "PATH_LENGTH", "PATH_RATIO"]
+__all__ = ["solve_pruning_group_lasso", "group_lasso_nonzeros", "PATH_LENGTH", "PATH_RATIO", "BYTES_PER_NONZERO"]
 
 #: Penalties on the path, and the ratio of the smallest to the largest.
 PATH_LENGTH = 12
 PATH_RATIO = 1e-3
+#: Share of the time limit the penalty path may use; the pair selection and exact refits get the rest.
+PATH_SHARE = 0.7
 #: A pair counts as active when its group norm exceeds this fraction of the largest group norm.
 ACTIVE = 1e-6
+
+
+#: Memory of the group-lasso path per nonzero of the workers' data blocks U·W_kᵀ, in cvxpy's compiled problems
+#: and Clarabel's factorisation (measured: 390-430 bytes on 129- and 257-feature layers).
+BYTES_PER_NONZERO = 450
+
+
+def group_lasso_nonzeros(problem: Any) -> tuple[int, str]:
+    """Nonzeros of the data blocks of every worker's group-lasso problem (the child holds them all), and
+    the largest worker's shape: with F features (+1 bias) and r units on worker k, U (upper triangular,
+    F×F) times W_kᵀ (F×r) has F(F+1)/2·r nonzeros. A replicated input has no path (nothing to open).
+
+    Examples
+    --------
+    >>> import numpy as np, repurpose_opt as ro
+    >>> layer = ro.Dense(np.ones((4, 6)))
+    >>> problem = ro.PruningProblem(np.ones((10, 6)), np.ones((10, 4)), layer, [0, 0, 1, 1], ro.Cluster(k=2),
+    ...                             input_placement=[0, 0, 0, 1, 1, 1], tolerance=0.1)
+    >>> group_lasso_nonzeros(problem)
+    (112, 'worker 0: 7 features x 2 units')
+    """
+    if problem.in_placement is None:
+        return 0, "replicated input"
+    features = int(np.prod(problem.layer.W.shape[1:])) + 1
+    counts = np.bincount(np.asarray(problem.output_placement), minlength=problem.k)
+    total = int(sum(features * (features + 1) // 2 * int(rows) for rows in counts))
+    worker = int(np.argmax(counts))
+    return total, f"worker {worker}: {features} features x {int(counts[worker])} units"
 
 
 def _worker_problem(U: np.ndarray, V: np.ndarray, n_free: int, group: int, rows: int):
@@ -80,7 +120,7 @@ def solve_pruning_group_lasso(problem: Any, *, time_limit: float | None = None, 
 
 def _group_lasso(problem: Any, *, time_limit: float | None = None, path_length: int = PATH_LENGTH,
                               path_ratio: float = PATH_RATIO) -> BackendResult:
-    import cvxpy as cp
+    import cvxpy  # noqa: F401 - loaded before the path's child process is forked, so that it does not import it again
     from scipy.linalg import cholesky, solve_triangular
 
     from ..pruning import _pruning_result
@@ -117,6 +157,7 @@ def _group_lasso(problem: Any, *, time_limit: float | None = None, path_length: 
     # λ_max: the local-only fit is optimal while λ·√(|rows|·g) ≥ 2·||R_k[:, group j]|| for every remote pair.
     lam_max = 0.0
     workers = []
+    pull: dict[tuple[int, int], float] = {}  # each pair's residual correlation: the order it enters at λ_max
     for w in range(k):
         fit = fits[w]
         if fit is None or candidates[w].size == 0:
@@ -128,37 +169,38 @@ def _group_lasso(problem: Any, *, time_limit: float | None = None, path_length: 
         V_w = solve_triangular(U, data.C[fit.rows].T / scale, lower=False, trans="T")
         R = fit.R[:, data.support(candidates[w])[:-1]].reshape(fit.rows.size, candidates[w].size, g)
         weight = np.sqrt(fit.rows.size * g)
-        lam_max = max(lam_max, float(np.max(2 * np.sqrt(np.sum(R**2, axis=(0, 2))) / (weight * scale))))
-        cvx, variable, lam = _worker_problem(U_w, V_w, candidates[w].size, g, fit.rows.size)
-        workers.append((w, cvx, variable, lam))
+        correlation = 2 * np.sqrt(np.sum(R**2, axis=(0, 2))) / (weight * scale)
+        pull.update(((int(j), w), float(c)) for j, c in zip(candidates[w], correlation, strict=True))
+        lam_max = max(lam_max, float(np.max(correlation)))
+        workers.append((w, U_w, V_w, candidates[w].size, fit.rows.size))
     lambdas = lam_max * np.power(path_ratio, np.arange(1, path_length + 1) / path_length)
 
     # Rank pairs by the penalty at which they enter the path (then by their group norm there).
     entry: dict[tuple[int, int], tuple[int, float]] = {}
     last_norms: dict[tuple[int, int], float] = {}
-    for step, value in enumerate(lambdas):
-        if time_limit is not None and time.perf_counter() - started > time_limit and step:
-            stats["stopped"] = "time limit"
-            break
-        for w, cvx, variable, lam in workers:
-            lam.value = float(value)
-            cvx.solve(solver=cp.CLARABEL, warm_start=True)
-            if variable.value is None:
-                continue
-            block = variable.value[: candidates[w].size * g].reshape(candidates[w].size, g, -1)
-            norms = np.sqrt(np.sum(block**2, axis=(1, 2)))
-            top = float(norms.max()) if norms.size else 0.0
-            for j, norm in zip(candidates[w], norms, strict=False):
-                last_norms[int(j), w] = float(norm)
-                if norm > ACTIVE * max(top, 1e-300) and (int(j), w) not in entry:
-                    entry[int(j), w] = (step, -float(norm))
-        stats["path"].append({"lambda": float(value), "active": len(entry)})
-        if _enough(problem, fits, local, entry, target, caps):
-            break
+    # The path runs in a child process (module docstring), stopped at PATH_SHARE of the time limit (the
+    # selection's exact refits need the rest), on Ctrl-C, or once the pairs it has activated are enough.
+    deadline = None if time_limit is None else started + PATH_SHARE * time_limit
+    done_workers: dict[int, set] = {}
+    with contextlib.closing(_path_solves(workers, lambdas, g, deadline, stats)) as solves:  # closing kills the child
+        for step, w, norms in solves:
+            if norms is not None:
+                top = float(norms.max()) if norms.size else 0.0
+                for j, norm in zip(candidates[w], norms, strict=False):
+                    last_norms[int(j), w] = float(norm)
+                    if norm > ACTIVE * max(top, 1e-300) and (int(j), w) not in entry:
+                        entry[int(j), w] = (step, -float(norm))
+            done_workers.setdefault(step, set()).add(w)
+            if len(done_workers[step]) == len(workers):
+                stats["path"].append({"lambda": float(lambdas[step]), "active": len(entry)})
+                if _enough(problem, fits, local, entry, target, caps):
+                    break
     ranked = sorted(entry, key=lambda pair: entry[pair])
     rest = sorted((pair for pair in last_norms if pair not in entry), key=lambda pair: -last_norms[pair])
     ranked += rest
-    ranked += [(int(j), w) for w in range(k) for j in candidates[w] if (int(j), w) not in entry and (int(j), w) not in last_norms]
+    # Pairs the path never reached (it was cut by the time limit): in the order they would enter at λ_max.
+    unseen = [(int(j), w) for w in range(k) for j in candidates[w] if (int(j), w) not in entry and (int(j), w) not in last_norms]
+    ranked += sorted(unseen, key=lambda pair: -pull.get(pair, 0.0))
     ranked = _within_caps(ranked, fits, caps)
 
     if target is None:
@@ -175,6 +217,70 @@ def _group_lasso(problem: Any, *, time_limit: float | None = None, path_length: 
     stats["selected"] = count
     stats["relative_error"] = float(np.sqrt(sum(f.error for f in fits if f is not None) / energy)) if energy > 0 else 0.0
     return _pruning_result(problem, coef, chosen, Status.FEASIBLE, "group lasso path + pair selection + exact refit", stats=stats)
+
+
+def _path_child(connection: Any, workers: list, lambdas: np.ndarray, group: int) -> None:
+    """The child process: solve every worker's problem along the path, sending each worker's group norms."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process stops
+    import warnings
+
+    import cvxpy as cp
+
+    warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+    try:
+        problems = [(w, *_worker_problem(U_w, V_w, n_free, group, rows), n_free) for w, U_w, V_w, n_free, rows in workers]
+        for step, value in enumerate(lambdas):
+            for w, cvx, variable, lam, n_free in problems:
+                lam.value = float(value)
+                cvx.solve(solver=cp.CLARABEL, warm_start=True)
+                norms = None
+                if variable.value is not None and cvx.status in ("optimal", "optimal_inaccurate"):
+                    block = variable.value[: n_free * group].reshape(n_free, group, -1)
+                    norms = np.sqrt(np.sum(block**2, axis=(1, 2)))
+                connection.send(("solved", step, w, norms))
+        connection.send(("done",))
+    except Exception as exc:  # reported to the parent, which raises it as a SolverError
+        connection.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        connection.close()
+
+
+def _path_solves(workers: list, lambdas: np.ndarray, group: int, deadline: float | None, stats: dict):
+    """``(step, worker, group norms or None)`` for each conic solve of the path, from a child process.
+
+    Clarabel checks its clock once per interior-point iteration, and one iteration of a wide layer's problem
+    takes seconds, so a limit handed to it would be overrun; the child is killed at ``deadline`` instead,
+    when the caller stops iterating (enough pairs), and on Ctrl-C (then ``KeyboardInterrupt`` is re-raised).
+    """
+    from ..errors import SolverError
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_path_child, args=(send, workers, lambdas, group), daemon=True, name="repurpose-clarabel")
+    child.start()
+    send.close()
+    try:
+        while True:
+            left = None if deadline is None else deadline - time.perf_counter()
+            if left is not None and (left <= 0 or not receive.poll(left)):
+                stats["stopped"] = "time limit"
+                return
+            try:
+                message = receive.recv()
+            except EOFError:
+                child.join(1.0)
+                raise SolverError(f"the Clarabel process died (exit code {child.exitcode}) during the group-lasso path") from None
+            if message[0] == "done":
+                return
+            if message[0] == "error":
+                raise SolverError(f"cvxpy/Clarabel failed on the group-lasso path: {message[1]}")
+            yield message[1:]
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
 
 
 def _within_caps(ranked: list[tuple[int, int]], fits: list, caps: np.ndarray | None) -> list[tuple[int, int]]:

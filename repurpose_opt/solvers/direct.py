@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..solution import Status
@@ -23,10 +24,10 @@ class DirectBackend(Backend):
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
         if type(problem).__name__ == "RestructureProblem":
             # The paper's "sparse implementation": contiguous placement, then the shared ℓ0 adjustment.
-            from .restructure_engine import run_cascade
+            from .restructure_engine import cascade_plan
 
-            plan = self._split(problem)
-            return run_cascade(problem, plan[0], lambda ctx: [plan[ctx.l]], time_limit=time_limit, name="direct")
+            deadline = None if time_limit is None else time.perf_counter() + time_limit
+            return cascade_plan(problem, list(self._split(problem)), deadline=deadline, name="direct")
         assignment = self._split(problem)
         violation = extra_capacity_violation(problem, assignment)
         if violation is not None:

@@ -48,6 +48,17 @@ EXACT = 1e-6
 WORK_BUDGET = 1e11
 #: Fewer affordable evaluations than this and the refit is not worth starting.
 MIN_EVALUATIONS = 20
+#: Stop once the best objective fell by less than ``STALL_RATIO`` (relative) over the last ``STALL_WINDOW``
+#: evaluations. Measured on the digits MLP (best output error after 20 / 30 / 60 / 300 evaluations): K = 4
+#: tolerance 0.05: 0.0433 / 0.0431 / 0.0414 / 0.0382, same test accuracy throughout: little to gain, and the
+#: rule stops it early; tolerance 0.2: 0.0933 / 0.0826 / 0.0668 / 0.0566, loss 0.37 / 0.74 / 0.37 / 0.19 pt:
+#: the rule lets it run. Counted in evaluations, so the result stays deterministic. The ratio is 0.2 %, not
+#: 1 %: on the mnist1d MLP (K = 4, tolerance 0.15, 235 scalars) 1 % stopped after 119 evaluations at test
+#: accuracy 62.4 % / agreement 0.795 with the original, 0.2 % with 400 iterations ran to the work budget
+#: (468 evaluations, 5.9 s) and reached 62.7 % / 0.817 (original 63.2 %); digits K = 4 tolerance 0.05 still
+#: stops after ~35 evaluations (0.95 s in total).
+STALL_WINDOW = 20
+STALL_RATIO = 0.002
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,10 @@ class JointRefit:
 
 
 class _OutOfTime(Exception):
+    pass
+
+
+class _Stalled(Exception):
     pass
 
 
@@ -279,6 +294,10 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
     """
     started = time.perf_counter()
     L = original.n_layers
+    evaluations = int(max_flops // max(evaluation_flops(restructured, X.shape[0]), 1.0))
+    if evaluations < MIN_EVALUATIONS:  # decided before any pass over the data (2 s on a 512-2048-2048-10 MLP)
+        return JointRefit(restructured, False, float("nan"), float("nan"), (), 0, 0, time.perf_counter() - started,
+                          f"over the work budget ({evaluations} evaluations affordable)")
     before = calibration_errors(original, restructured, X)
     caps = before.copy() if caps is None else np.asarray(caps, dtype=np.float64).reshape(-1)
     # A layer that must stay (numerically) exact freezes itself and everything before it: any upstream
@@ -295,9 +314,6 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
 
     if not any(free) or energy[-1] <= 0 or before[-1] <= EXACT:
         return result(restructured, False, before, 0, 0, "nothing to refit")
-    evaluations = int(max_flops // max(evaluation_flops(restructured, X.shape[0]), 1.0))
-    if evaluations < MIN_EVALUATIONS:
-        return result(restructured, False, before, 0, 0, f"over the work budget ({evaluations} evaluations affordable)")
     model = _Model(restructured, X, free, dtype)
     theta0 = model.pack(restructured)
     prior = model.pack(original)
@@ -313,7 +329,7 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
             gram_diag *= float(np.prod(original.shapes(l + 1)[1][1:]))  # every output position reads it
         weight[model.offsets[2 * l] : model.offsets[2 * l + 2]] = ridge * max(gram_diag, 1e-300) / energy[l]
     bounds = np.maximum(np.minimum(SAFETY * caps, 1e150) ** 2 * energy, 1e-300)  # a tolerance of 1e300 is just loose
-    best = {"f": np.inf, "theta": theta0, "evals": 0}
+    best = {"f": np.inf, "theta": theta0, "evals": 0, "history": []}
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         if deadline is not None and time.perf_counter() > deadline:
@@ -324,7 +340,8 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
         grads_z: list[np.ndarray | None] = [None] * L
         residual = pre[-1] - targets[-1]
         value = float(np.sum(residual.astype(np.float64) ** 2)) / energy[-1]
-        grads_z[-1] = (2.0 / energy[-1]) * residual
+        # A Python float factor: a NumPy float64 scalar would promote the whole backward pass to float64 (NEP 50).
+        grads_z[-1] = (2.0 / float(energy[-1])) * residual
         # The output's own error is the objective (acceptance requires it to drop); hidden layers get the hinge.
         for l in range(L - 1):
             if not free[l] and not any(free[:l]):
@@ -342,14 +359,23 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
         gradient += 2 * weight * delta
         if value < best["f"]:
             best["f"], best["theta"] = value, theta.copy()
+        history = best["history"]
+        history.append(best["f"])
+        if len(history) > STALL_WINDOW and history[-1] > (1 - STALL_RATIO) * history[-1 - STALL_WINDOW]:
+            raise _Stalled
         return value, gradient
 
     from scipy.optimize import minimize
 
     iterations, reason = 0, "converged"
+    steps = [0]  # iterations completed, also when the stall or time check cuts a run short
+
+    def count(_theta: np.ndarray) -> None:
+        steps[0] += 1
+
     try:
         # A short memory: each iteration's own cost (O(memory·parameters)) is then small next to an evaluation.
-        run = minimize(objective, theta0, jac=True, method="L-BFGS-B",
+        run = minimize(objective, theta0, jac=True, method="L-BFGS-B", callback=count,
                        options={"maxiter": int(max_iter), "maxfun": evaluations, "maxcor": 10, "ftol": 1e-10, "gtol": 1e-12})
         iterations = int(run.nit)
         if run.nit >= max_iter:
@@ -358,6 +384,9 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
             reason = "work budget"
     except _OutOfTime:
         reason = "time limit"
+    except _Stalled:
+        reason = f"stalled (< {STALL_RATIO:.1%} better over {STALL_WINDOW} evaluations)"
+    iterations = max(iterations, steps[0])
     theta = best["theta"]
     # Accept the best point, or the largest step toward it that keeps every layer within its cap.
     for _ in range(8):

@@ -345,7 +345,7 @@ class OrtoolsBackend(Backend):
     problem_types = ("PartitionProblem", "RestructureProblem")
     exact = ("PartitionProblem",)  # the km1 model is exact; the restructuring surrogate is a heuristic
     options = {
-        "num_workers": Option(2, "CP-SAT search workers (threads)", check=integer(minimum=1)),
+        "num_workers": Option(2, "CP-SAT search workers (threads); 1 makes a run that ends before the time limit reproducible for a seed (several workers race)", check=integer(minimum=1)),
         "mode": Option("auto", "'whole' (one model, global bound), 'layerwise' (window by window, no bound) or 'auto'", check=choice(*MODES)),
         "whole_limit": Option(250_000, "auto mode: use layerwise above this many consumer implications Σ_l nnz(M_l)·K", check=integer(minimum=0)),
         "window": Option(1, "layerwise mode: layers per window after the first", check=integer(minimum=1)),

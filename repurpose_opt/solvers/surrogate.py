@@ -97,6 +97,9 @@ def solve_surrogate_ortools(model: SurrogateModel, *, time_limit: float, seed: i
     """CP-SAT on the surrogate; returns placements, opened pairs, status, value, bound, rounding error."""
     from ortools.sat.python import cp_model
 
+    from .ortools_cpsat import solve_interruptibly
+
+    started = time.perf_counter()  # building the model counts toward ``time_limit``
     k = model.k
     cp = cp_model.CpModel()
     x: dict[int, list[list[Any]]] = {}
@@ -152,12 +155,17 @@ def solve_surrogate_ortools(model: SurrogateModel, *, time_limit: float, seed: i
             for var in pairs.values():
                 cp.add_hint(var, 0)
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = float(time_limit)
+    deadline = started + float(time_limit)
+    solver.parameters.max_time_in_seconds = max(deadline - time.perf_counter(), MIN_SURROGATE_SECONDS)
     solver.parameters.num_workers = int(workers)
     if seed is not None:
         solver.parameters.random_seed = int(seed)
-    status = solver.solve(cp)
+    status = solve_interruptibly(solver, cp, deadline=deadline)  # Ctrl-C stops CP-SAT and unwinds
     name = solver.status_name(status)
+    if status == cp_model.MODEL_INVALID:
+        from ..errors import SolverError
+
+        raise SolverError(f"CP-SAT rejected the surrogate model: {cp.validate() or name}")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return {"status": name, "placements": None}
     placements = _read_placements(model, lambda l, i, w: solver.value(x[l][i][w]))
@@ -291,8 +299,10 @@ def solve_surrogate_cvxpy(model: SurrogateModel, *, time_limit: float, seed: int
     HiGHS runs through :func:`~.cvxpy_milp.solve_milp_highs` (a child process stopped at the time limit:
     HiGHS alone can overrun its own limit by minutes on this model).
     """
+    from ..errors import SolverError
     from .cvxpy_milp import solve_milp_highs
 
+    started = time.perf_counter()  # building the arrays counts toward ``time_limit``
     milp, x_cols, z_cols, r_blocks = _array_model(model)
     start = None
     if hint is not None:  # a MIP start: the hinted placement, no pair opened, r = co-location
@@ -302,7 +312,12 @@ def solve_surrogate_cvxpy(model: SurrogateModel, *, time_limit: float, seed: int
         for l, r, i_arr, j_arr in r_blocks:
             source = hint[l - 1] if (l - 1) in x_cols else model.fixed0
             start[r] = ((hint[l][i_arr] == source[j_arr])[:, None] & (hint[l][i_arr][:, None] == np.arange(model.k)[None, :]))
-    run = solve_milp_highs(milp, time_limit=time_limit, seed=seed, start=start)
+    run = solve_milp_highs(milp, time_limit=max(time_limit - (time.perf_counter() - started), MIN_SURROGATE_SECONDS),
+                           seed=seed, start=start)
+    if run["status"] == "interrupted":  # Ctrl-C: HiGHS is stopped; nothing is refit yet, so unwind
+        raise KeyboardInterrupt
+    if run["status"] == "solver_error":
+        raise SolverError(f"HiGHS failed on the surrogate MIP: {run['stats'].get('highs_error')}")
     values = run["values"]
     if values is None:
         return {"status": str(run["status"]), "placements": None}
@@ -318,6 +333,40 @@ def solve_surrogate_cvxpy(model: SurrogateModel, *, time_limit: float, seed: int
             "seconds": run.get("stats", {}).get("seconds")}
 
 
+def _fill_sink(problem: Any, model: SurrogateModel, plan: list[np.ndarray]) -> list[np.ndarray]:
+    """In budget mode with gathered outputs, put as many output units on worker 0 as its capacity allows.
+
+    The layer budgets (``problem.layer_budgets``) assume the least gather; the surrogate does not model the
+    gather, so its last layer may send more. Units move to worker 0 in the order of the importance they
+    would keep local there (minus what they keep where they are); other workers only lose units.
+    """
+    if problem.comm_budget is None or problem.output != "gather":
+        return plan
+    last = plan[-1]
+    need = min(int(problem.capacities[-1][0]), last.size) - int(np.sum(last == 0))
+    if need <= 0:
+        return plan
+    i_arr, j_arr, g_arr = model.edges[-1]
+    source = plan[-2] if len(plan) > 1 else None
+    gain = np.zeros(last.size)
+    if source is not None and source[0] >= 0:  # a replicated input keeps nothing local either way
+        np.add.at(gain, i_arr, g_arr * ((source[j_arr] == 0).astype(float) - (source[j_arr] == last[i_arr])))
+    movable = np.flatnonzero(last != 0)
+    chosen = movable[np.argsort(-gain[movable], kind="stable")[:need]]
+    last[chosen] = 0
+    return plan
+
+
+#: Solver statuses that mean "stopped by the time limit without a solution" (CP-SAT; HiGHS through cvxpy, or
+#: its child process killed at the limit).
+_OUT_OF_TIME = ("UNKNOWN", "killed", "user_limit")
+#: Share of the time left after building the surrogate MIP that its solver gets (the cascade gets the rest).
+SURROGATE_SHARE = 0.6
+#: The MIP solver's time without a ``time_limit``, and its least time (CP-SAT and HiGHS need a moment to load
+#: the model and take the warm start; below this they may return nothing).
+DEFAULT_SURROGATE_SECONDS, MIN_SURROGATE_SECONDS = 30.0, 0.05
+
+
 def restructure_with_surrogate(problem: Any, engine: str, *, time_limit: float | None, seed: int | None,
                                keep: float = 0.1, workers: int = 2) -> BackendResult:
     """Place with the surrogate MIP (``engine``: "ortools" or "cvxpy"), then the shared ℓ0 step."""
@@ -325,19 +374,27 @@ def restructure_with_surrogate(problem: Any, engine: str, *, time_limit: float |
 
     started = time.perf_counter()
     model = build_surrogate(problem, keep)
-    limit = 30.0 if time_limit is None else max(1.0, 0.7 * time_limit)
     # Warm start: the importance chain maximises the same retained mass by alternating exact assignments.
     hint = importance_chain(problem, problem.network.trace(problem.calibration).activations)
+    # The MIP gets SURROGATE_SHARE of what is left of the limit after building it; the cascade the rest.
+    left = None if time_limit is None else time_limit - (time.perf_counter() - started)
+    limit = DEFAULT_SURROGATE_SECONDS if left is None else max(MIN_SURROGATE_SECONDS, SURROGATE_SHARE * left)
     if engine == "ortools":
         out = solve_surrogate_ortools(model, time_limit=limit, seed=seed, workers=workers, hint=hint)
     else:
         out = solve_surrogate_cvxpy(model, time_limit=limit, seed=seed, hint=hint)
-    if out["placements"] is None:
-        return BackendResult(Status.NO_SOLUTION, message=f"surrogate MIP ({engine}) found no placement: {out['status']}")
     out["hint_value"] = _retained(model, hint)
-    plan = out["placements"]
+    name = f"{engine} surrogate MIP"
+    if out["placements"] is None:
+        if out["status"] not in _OUT_OF_TIME:
+            return BackendResult(Status.NO_SOLUTION, message=f"surrogate MIP ({engine}) found no placement: {out['status']}")
+        # Stopped by the time limit before it improved on (or even loaded) its warm start: the warm start is
+        # the MIP's incumbent, as it would be for any MIP solver given a start.
+        out.update(placements=hint, used_warm_start=True)
+        name = f"{engine} surrogate MIP stopped at its time limit ({out['status']}) before improving its warm start (importance chain)"
+    plan = _fill_sink(problem, model, [np.asarray(p, dtype=np.int64).copy() for p in out["placements"]])
     left = None if time_limit is None else max(time_limit - (time.perf_counter() - started), 0.1)
-    result = run_cascade(problem, plan[0], lambda ctx: [plan[ctx.l]], time_limit=left, name=f"{engine} surrogate MIP")
+    result = run_cascade(problem, plan[0], lambda ctx: [plan[ctx.l]], time_limit=left, name=name)
     result.stats["surrogate"] = {key: value for key, value in out.items() if key not in ("placements", "opened")}
     result.stats.setdefault("timings", {})["surrogate"] = time.perf_counter() - started
     return result
