@@ -154,6 +154,22 @@ def test_bad_restructure_problems(kwargs, message):
         ro.RestructureProblem(**args)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"rounds": -1}, "option `rounds` must be >= 0, got -1"),
+        ({"importance": "yes"}, "option `importance` must be True or False, got 'yes'"),
+        ({"joint_iterations": 1.5}, "option `joint_iterations`"),
+        ({"partitioners": ("nope",)}, "option `partitioners` must be a sequence of partition backend names"),
+        ({"partitioners": 3}, "option `partitioners` must be a sequence of partition backend names"),
+    ],
+)
+def test_bad_repurpose_options(options, message):
+    problem = ro.RestructureProblem(_net(), ro.Cluster(k=2), calibration=np.ones((10, 3)), tolerance=0.1)
+    with raises(ro.InvalidParameterError, message):
+        ro.solve(problem, backend="repurpose", options=options)
+
+
 def test_bad_pruning_problems(rng):
     layer = ro.Dense(rng.normal(size=(4, 6)))
     X = rng.normal(size=(20, 6))

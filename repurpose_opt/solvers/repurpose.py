@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..simulator import simulate
-from .base import Backend, BackendResult, Option, offer_incumbent
+from .base import Backend, BackendResult, Option, boolean, integer, offer_incumbent
 from .restructure_engine import (
     JOINT_ITERATIONS,
     LayerContext,
@@ -37,12 +37,27 @@ from .restructure_engine import (
     run_cascade,
 )
 
-#: Options of the partition engines whose plans join the portfolio. One munkres start instead of its
-#: 7 × 2 on the shipped models: 0.24 s instead of 1.7 s for the digits MLP plan (loaded machine), which the
-#: ≤ 1 s target cannot afford; the only measured case where its plan won (mnist1d K = 4 tolerance 0.05:
-#: 902 vs 914 scalars) needs all 14 starts (929 with one start, 920 with two).
-PLAN_OPTIONS: dict[str, dict[str, Any]] = {"munkres": {"restarts": 1}}
+#: Options of the partition engines whose plans join the portfolio: 4 munkres starts (each running both
+#: cost schedules) instead of its default 16 on the shipped models. Measured in one run (repurpose volume;
+#: digits K = 4 tolerance 0.05 median of 3 solves): 1 start 0.85 s, but mnist1d K = 4 tolerances
+#: 0.02 / 0.05 / 0.08 give 1280 / 914 / 640 scalars, worse than the munkres engine's 1252 / 902 / 631 and
+#: (at 0.02) Mt-KaHyPar's 1258; 4 starts 0.94 s and 1252 / 902 / 631; the default 1.11 s (over the 1 s
+#: target) for the same volumes.
+PLAN_OPTIONS: dict[str, dict[str, Any]] = {"munkres": {"restarts": 4}}
 
+
+
+def _partitioner_names(name: str, value: Any) -> tuple[str, ...]:
+    """Check of the ``partitioners`` option: installed backends that solve a PartitionProblem."""
+    from ..errors import InvalidParameterError
+    from .registry import list_backends
+
+    names = (value,) if isinstance(value, str) else value
+    known = [row["name"] for row in list_backends(available_only=True) if "PartitionProblem" in row["problems"]]
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) and n in known for n in names):
+        raise InvalidParameterError(f"option `{name}` must be a sequence of partition backend names among "
+                                    f"{', '.join(known)}, got {value!r}")
+    return tuple(names)
 
 class RepurposeBackend(Backend):
     """Alternating capacitated assignment and ℓ0 adjustment, layer by layer, in cascade."""
@@ -51,17 +66,22 @@ class RepurposeBackend(Backend):
     description = "RePurpose: importance-chain + residual assignment, group-OMP ℓ0 adjustment, cascade refit"
     problem_types = ("RestructureProblem",)
     options = {
-        "rounds": Option(2, "re-assignment rounds per layer on costs re-derived from the adjusted support"),
-        "importance": Option(True, "propose the importance-chain placement (co-clusters consecutive layers)"),
-        "residual": Option(True, "propose the residual-cost assignment of the paper"),
+        "rounds": Option(2, "re-assignment rounds per layer on costs re-derived from the adjusted support",
+                         check=integer(minimum=0)),
+        "importance": Option(True, "propose the importance-chain placement (co-clusters consecutive layers)",
+                             check=boolean()),
+        "residual": Option(True, "propose the residual-cost assignment of the paper", check=boolean()),
         "full_evaluation_limit": Option(
             4_000_000,
             "layers with max(n_out, n_in)·n_in·K above this rank candidates by their local-only refit error and adjust "
             "only the best one (no re-assignment rounds), instead of adjusting every candidate",
+            check=integer(minimum=0),
         ),
-        "joint_iterations": Option(JOINT_ITERATIONS, "L-BFGS iterations of the final joint refit of all layers (0: none)"),
+        "joint_iterations": Option(JOINT_ITERATIONS, "L-BFGS iterations of the final joint refit of all layers (0: none)",
+                                   check=integer(minimum=0)),
         "partitioners": Option(("direct", "munkres"), "placement engines whose plan (of the importance-sparsified "
-                                                      "network) is one more candidate per layer and one more whole cascade"),
+                                                      "network) is one more candidate per layer and one more whole cascade",
+                               check=_partitioner_names),
     }
 
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:

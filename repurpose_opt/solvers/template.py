@@ -62,7 +62,7 @@ import numpy as np
 
 from ..simulator import simulate
 from ..solution import Status
-from .base import Backend, BackendResult, Option
+from .base import Backend, BackendResult, Option, integer
 from .placement import block_sizes, contiguous_placement, fixed_input
 
 __all__ = ["TemplateBackend"]
@@ -84,7 +84,7 @@ class TemplateBackend(Backend):
     problem_types = ("PartitionProblem",)
     exact = False
     options = {
-        "restarts": Option(32, "random balanced placements drawn; the best one is returned"),
+        "restarts": Option(32, "random balanced placements drawn; the best one is returned", check=integer(minimum=1)),
     }
 
     def can_solve(self, problem: Any) -> str | None:
