@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 import repurpose_opt as ro
 from repurpose_opt.solvers import hypergraph as hypergraph_module
 from repurpose_opt.solvers.milp_model import FORMULATIONS, build_partition_milp, canonicalize, full_assignment
+from repurpose_opt.testing.instances import random_dense_network
 
 pytest.importorskip("ortools")
 pytest.importorskip("cvxpy")
@@ -40,11 +41,7 @@ EXACT = ("ortools", "cvxpy")
 
 # ------------------------------------------------------------------------------------------ instances
 def _layered(rng: np.random.Generator, sizes: list[int], density: float) -> ro.Network:
-    layers = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-        W = rng.normal(size=(n_out, n_in)) * (rng.random((n_out, n_in)) < density)
-        layers += [ro.Dense(W, rng.normal(size=n_out)), ro.ReLU()]
-    return ro.Network(layers[:-1], input_shape=(sizes[0],))
+    return random_dense_network(rng, sizes, density, connected=False)
 
 
 @st.composite

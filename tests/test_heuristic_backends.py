@@ -31,16 +31,13 @@ import repurpose_opt as ro
 from repurpose_opt.solvers import greedy as greedy_module
 from repurpose_opt.solvers.placement import PlacementState, capacitated_assignment
 from repurpose_opt.studies.instances import planted_network, random_network
+from repurpose_opt.testing.instances import random_dense_network
 
 HEURISTICS = ("greedy", "munkres", "hypergraph")
 
 
 def _layered(rng: np.random.Generator, sizes: list[int], density: float) -> ro.Network:
-    layers = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-        W = rng.normal(size=(n_out, n_in)) * (rng.random((n_out, n_in)) < density)
-        layers += [ro.Dense(W, rng.normal(size=n_out)), ro.ReLU()]
-    return ro.Network(layers[:-1], input_shape=(sizes[0],))
+    return random_dense_network(rng, sizes, density, connected=False)
 
 
 @st.composite

@@ -9,7 +9,7 @@ import numpy as np
 from .._validation import as_choice, as_float, as_placement
 from ..cluster import Cluster
 from ..errors import InvalidProblemError
-from ..network import Network
+from ..network import Network, NetworkTrace
 
 INPUT_MODES = ("replicated", "free")
 OUTPUT_MODES = ("gather", "distributed")
@@ -64,14 +64,13 @@ def layer_capacities(network: Network, cluster: Cluster, imbalance: float, input
 _ENERGY_LIMIT = 1e300
 
 
-def check_no_overflow(name: str, network: Network, X: np.ndarray) -> None:
-    """Refuse calibration data whose forward pass, or whose sums of squares, overflow float64.
+def check_no_overflow(name: str, trace: NetworkTrace) -> None:
+    """Refuse calibration data whose forward pass (``trace``), or whose sums of squares, overflow float64.
 
     Finite inputs such as ``1e300`` pass the finiteness check but make every Gram matrix infinite, so every
     backend would fail later with a native message; this names the argument up front instead.
     """
     with np.errstate(over="ignore", invalid="ignore"):
-        trace = network.trace(X)
         for where, array in [("the input", trace.activations[0])] + [
             (f"layer {l}'s pre-activations", z) for l, z in enumerate(trace.pre_activations, start=1)
         ]:

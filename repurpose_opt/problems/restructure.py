@@ -11,7 +11,7 @@ import numpy as np
 from .._validation import as_choice, as_float, as_float_array, readonly
 from ..cluster import Cluster
 from ..errors import InvalidProblemError
-from ..network import Network
+from ..network import Network, NetworkTrace
 from ._common import (
     check_imbalance,
     check_input_placement,
@@ -96,8 +96,8 @@ class RestructureProblem:
         X = self.network._check_input(self.calibration, "calibration")
         if X.shape[0] < 1:
             raise InvalidProblemError("`calibration` must hold at least one sample")
-        check_no_overflow("calibration", self.network, X)
         object.__setattr__(self, "calibration", readonly(X))
+        check_no_overflow("calibration", self.calibration_trace)
         object.__setattr__(self, "input_placement", check_input_placement(self.input_placement, self.network, self.cluster))
         object.__setattr__(self, "output", check_output(self.output))
         object.__setattr__(self, "imbalance", check_imbalance(self.imbalance))
@@ -134,6 +134,14 @@ class RestructureProblem:
     @cached_property
     def capacities(self) -> tuple[np.ndarray | None, ...]:
         return layer_capacities(self.network, self.cluster, self.imbalance, self.input_mode == "free")
+
+    @cached_property
+    def calibration_trace(self) -> NetworkTrace:
+        """The original network's forward pass on the calibration data, every intermediate kept (read-only);
+        computed once and shared by the validation and every engine."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by check_no_overflow
+            trace = self.network.trace(self.calibration)
+        return NetworkTrace(tuple(map(readonly, trace.activations)), tuple(map(readonly, trace.pre_activations)))
 
     @cached_property
     def minimum_gather(self) -> float:

@@ -46,7 +46,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidParameterError
 from ..solution import Status
 from .base import Backend, BackendResult, Option, choice, integer, number, offer_incumbent
 from .greedy import layer_latency, repair_capacities
@@ -62,7 +61,6 @@ SCHEDULES = {
     "held+marginal": (("held", "marginal"),),
     "auto": (("held", "marginal"), ("marginal",)),
 }
-COSTS = tuple(SCHEDULES)
 STARTS = ("direct", "random")
 
 
@@ -141,19 +139,11 @@ class MunkresBackend(Backend):
     def _partition(self, problem: Any, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
         started = time.perf_counter()
         deadline = None if time_limit is None else started + float(time_limit)
-        costs, start, method = options["costs"], options["start"], options["method"]
-        if costs not in COSTS:
-            raise InvalidParameterError(f"option `costs` must be one of {', '.join(COSTS)}, got {costs!r}")
-        if start not in STARTS:
-            raise InvalidParameterError(f"option `start` must be one of {', '.join(STARTS)}, got {start!r}")
+        costs, start, method = options["costs"], options["start"], options["method"]  # checked by their Options
         max_sweeps = int(options["max_sweeps"])
-        if max_sweeps < 1:
-            raise InvalidParameterError(f"option `max_sweeps` must be >= 1, got {max_sweeps}")
         restarts = options["restarts"]
         if restarts == "auto":
             restarts = min(16, max(1, 4000 // max(problem.size(), 1)))
-        if not isinstance(restarts, (int, np.integer)) or isinstance(restarts, bool) or restarts < 1:
-            raise InvalidParameterError(f"option `restarts` must be 'auto' or an integer >= 1, got {restarts!r}")
         rng = np.random.default_rng(seed)
         best_value, best_assignment = np.inf, None
         runs = []

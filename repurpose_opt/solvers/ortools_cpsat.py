@@ -406,14 +406,10 @@ class OrtoolsBackend(Backend):
         too_large = self._size_reason(problem, mode, int(options["window"]) if int(options["window"]) >= 1 else 1)
         if too_large is not None:
             raise BackendCannotSolveError(f"backend 'ortools' cannot solve this PartitionProblem: {too_large}")
-        num_workers = int(options["num_workers"])
-        if num_workers < 1:
-            raise InvalidParameterError(f"option `num_workers` must be >= 1, got {num_workers}")
+        num_workers = int(options["num_workers"])  # both checked by their Options
         core_first = options["core_first"]
         if core_first == "auto":
             core_first = problem.objective == "volume"
-        elif not isinstance(core_first, bool):
-            raise InvalidParameterError(f"option `core_first` must be 'auto', True or False, got {core_first!r}")
         options = {**options, "core_first": core_first}
         ticks = None
         if problem.objective == "latency":

@@ -75,6 +75,11 @@ def backend_names() -> list[str]:
     return builtin + [name for name in _registered if name not in builtin] + sorted(_plugins())
 
 
+def installed_partition_backends() -> list[str]:
+    """Names of the installed backends that solve a PartitionProblem, in preference order."""
+    return [row["name"] for row in list_backends(available_only=True) if "PartitionProblem" in row["problems"]]
+
+
 def register_backend(cls: type[Backend], *, replace: bool = False) -> type[Backend]:
     """Make the backend class ``cls`` known under ``cls.name`` for this process.
 

@@ -50,10 +50,10 @@ PLAN_OPTIONS: dict[str, dict[str, Any]] = {"munkres": {"restarts": 4}}
 def _partitioner_names(name: str, value: Any) -> tuple[str, ...]:
     """Check of the ``partitioners`` option: installed backends that solve a PartitionProblem."""
     from ..errors import InvalidParameterError
-    from .registry import list_backends
+    from .registry import installed_partition_backends
 
     names = (value,) if isinstance(value, str) else value
-    known = [row["name"] for row in list_backends(available_only=True) if "PartitionProblem" in row["problems"]]
+    known = installed_partition_backends()
     if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) and n in known for n in names):
         raise InvalidParameterError(f"option `{name}` must be a sequence of partition backend names among "
                                     f"{', '.join(known)}, got {value!r}")
@@ -87,14 +87,13 @@ class RepurposeBackend(Backend):
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
         started = time.perf_counter()
         deadline = None if time_limit is None else started + time_limit
-        original = problem.network.trace(problem.calibration)  # shared by every step below
-        chain = importance_chain(problem, original.activations)
+        chain = importance_chain(problem, problem.calibration_trace.activations)
         first = first_layer_placement(problem, chain[0])
         plans = []
         for engine in options["partitioners"]:
             # A fixed seed when none is given: the solution must not change from one call to the next.
             plan, _ = partition_plan(problem, engine, time_limit=time_limit, seed=0 if seed is None else seed,
-                                     options=PLAN_OPTIONS.get(engine), activations=original.activations)
+                                     options=PLAN_OPTIONS.get(engine))
             if plan is not None:
                 plans.append((engine, plan))
         wide = any(_adjust_cost(s.n_units, s.n_inputs, problem.cluster.k) > options["full_evaluation_limit"]
@@ -124,8 +123,7 @@ class RepurposeBackend(Backend):
         def left() -> float | None:
             return None if deadline is None else max(deadline - time.perf_counter(), 0.1)
 
-        best = run_cascade(problem, first, placer, time_limit=left(), name="repurpose", joint_iterations=-1,
-                           original=original)
+        best = run_cascade(problem, first, placer, time_limit=left(), name="repurpose", joint_iterations=-1)
         best.stats["portfolio"] = {"repurpose": _rank(problem, best)}
         _offer(problem, best)  # Ctrl-C from here on returns the best cascade instead of nothing
         # Whole cascades along the partition engines' plans: the layer-by-layer choice above can prefer a
@@ -135,7 +133,7 @@ class RepurposeBackend(Backend):
                 break
             other = run_cascade(problem, plan[0] if problem.input_mode == "free" else first,
                                 lambda ctx, plan=plan: [plan[ctx.l]], time_limit=left(), name=f"repurpose ({engine} plan)",
-                                joint_iterations=-1, original=original)
+                                joint_iterations=-1)
             best.stats["portfolio"][engine] = _rank(problem, other)
             # Equal volumes (typical once every layer is local: only the gather is left) are decided by the
             # output's calibration error, the one the user sees.

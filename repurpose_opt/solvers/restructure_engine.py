@@ -159,18 +159,16 @@ def _score(result: PruneResult) -> tuple[float, float]:
 
 
 def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, time_limit: float | None = None,
-                name: str = "", ridge: float = DEFAULT_RIDGE, joint_iterations: int = JOINT_ITERATIONS,
-                original: Any = None) -> BackendResult:
+                name: str = "", ridge: float = DEFAULT_RIDGE, joint_iterations: int = JOINT_ITERATIONS) -> BackendResult:
     """Restructure ``problem`` layer by layer with candidate placements from ``placer``, then refit every
     layer jointly (:mod:`.joint_refit`, ``joint_iterations`` L-BFGS steps; 0 skips it; a negative value
     also skips the guarantee: the result is a candidate to be finished by :func:`finish_cascade`).
 
-    ``first_placement`` is ``assignment[0]`` (all -1 for a replicated input); ``original`` is the original
-    network's trace on the calibration data, if the caller already has it.
+    ``first_placement`` is ``assignment[0]`` (all -1 for a replicated input).
     """
     with blas_threads(problem.network):
         return _run_cascade(problem, first_placement, placer, time_limit=time_limit, name=name, ridge=ridge,
-                            joint_iterations=joint_iterations, original=original)
+                            joint_iterations=joint_iterations)
 
 
 class _Unreachable(Exception):
@@ -182,7 +180,7 @@ class _Unreachable(Exception):
 
 
 def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, time_limit: float | None, name: str,
-                 ridge: float, joint_iterations: int, original: Any = None) -> BackendResult:
+                 ridge: float, joint_iterations: int) -> BackendResult:
     """The cascade, with the recovery that makes tolerance mode always solvable.
 
     Layer l is refit on the *restructured* outputs of layer l-1, so its reachable error depends on how
@@ -197,7 +195,7 @@ def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, t
         return BackendResult(Status.INFEASIBLE, message=(
             f"`comm_budget` {problem.comm_budget:.6g} is below the {problem.minimum_gather:.6g} scalars per sample that "
             f"gathering the outputs on worker 0 needs under the balance constraint"))
-    original = problem.network.trace(problem.calibration) if original is None else original
+    original = problem.calibration_trace
     tolerances = None if problem.tolerances is None else list(problem.tolerances)
     tightened = []
     for round_ in range(TIGHTEN_ROUNDS + 2):
@@ -385,17 +383,13 @@ def importance_sparsified(network: Any, activations: tuple[np.ndarray, ...], kee
 
 
 def partition_plan(problem: Any, backend: str, *, keep: float = 0.1, time_limit: float | None = None,
-                   seed: int | None = None, options: dict[str, Any] | None = None,
-                   activations: tuple[np.ndarray, ...] | None = None) -> tuple[list[np.ndarray] | None, Any]:
+                   seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[np.ndarray] | None, Any]:
     """A partition ``backend``'s placement of every layer of ``problem``'s importance-sparsified network
-    (``None`` when it finds none), and its Solution. ``activations``: the original network's, on the
-    calibration data, if the caller already has them."""
+    (``None`` when it finds none), and its Solution."""
     from ..api import solve
     from ..problems import PartitionProblem
 
-    if activations is None:
-        activations = problem.network.trace(problem.calibration).activations
-    sparse = importance_sparsified(problem.network, activations, keep)
+    sparse = importance_sparsified(problem.network, problem.calibration_trace.activations, keep)
     partition = PartitionProblem(sparse, problem.cluster, input_placement=problem.input_placement,
                                  output=problem.output, imbalance=problem.imbalance)
     placed = solve(partition, backend=backend, time_limit=time_limit, seed=seed, options=options)

@@ -50,7 +50,7 @@ class SurrogateModel:
 def build_surrogate(problem: Any, keep: float = 0.1) -> SurrogateModel:
     """Importance weights of every layer's kept links, from the calibration data."""
     network = problem.network
-    activations = network.trace(problem.calibration).activations
+    activations = problem.calibration_trace.activations
     edges = []
     for l, (layer, structure) in enumerate(zip(network.linear_layers, network.structure, strict=False), start=1):
         x = activations[l - 1]
@@ -375,7 +375,7 @@ def restructure_with_surrogate(problem: Any, engine: str, *, time_limit: float |
     started = time.perf_counter()
     model = build_surrogate(problem, keep)
     # Warm start: the importance chain maximises the same retained mass by alternating exact assignments.
-    hint = importance_chain(problem, problem.network.trace(problem.calibration).activations)
+    hint = importance_chain(problem, problem.calibration_trace.activations)
     # The MIP gets SURROGATE_SHARE of what is left of the limit after building it; the cascade the rest.
     left = None if time_limit is None else time_limit - (time.perf_counter() - started)
     limit = DEFAULT_SURROGATE_SECONDS if left is None else max(MIN_SURROGATE_SECONDS, SURROGATE_SHARE * left)

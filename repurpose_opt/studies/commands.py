@@ -17,12 +17,6 @@ __all__ = ["register", "cmd_compare", "cmd_tradeoff", "DEFAULT_INSTANCES"]
 DEFAULT_INSTANCES = ("planted", "random", "digits_mlp:keep=0.1:k=4")
 
 
-def _default_partition_backends() -> list[str]:
-    from ..solvers.registry import list_backends
-
-    return [row["name"] for row in list_backends(available_only=True) if "PartitionProblem" in row["problems"]]
-
-
 def register(subparsers: Any) -> None:
     """Add ``compare`` and ``tradeoff`` to ``subparsers`` (from ``add_subparsers()``)."""
     p = subparsers.add_parser(
@@ -67,10 +61,11 @@ def register(subparsers: Any) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``repurpose-opt compare --instances ... --backends ... --time-limit ... --seeds ... --out DIR``."""
+    from ..solvers.registry import installed_partition_backends
     from .compare import compare, format_summary, summarize
     from .instances import parse_instance
 
-    backends = args.backends or _default_partition_backends()
+    backends = args.backends or installed_partition_backends()
     instances = [parse_instance(spec) for spec in args.instances]  # every spec checked before any run
     rows = compare(instances, backends, time_limit=args.time_limit, seeds=args.seeds, out_dir=args.out,
                    progress=not args.no_progress)

@@ -60,10 +60,10 @@ class Instance:
 
 # ------------------------------------------------------------------------------------------ builders
 def random_dense_network(rng: np.random.Generator, sizes: list[int], density: float = 0.5,
-                         activation: type = ReLU) -> Network:
+                         activation: type = ReLU, *, connected: bool = True) -> Network:
     """Dense layers ``sizes[0] -> ... -> sizes[-1]`` with about ``density`` nonzero weights.
 
-    Every unit keeps at least one nonzero weight, so no unit is disconnected.
+    With ``connected`` every unit keeps at least one nonzero weight, so no unit is disconnected.
 
     Examples
     --------
@@ -74,7 +74,8 @@ def random_dense_network(rng: np.random.Generator, sizes: list[int], density: fl
     layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
         W = rng.normal(size=(n_out, n_in)) * (rng.random((n_out, n_in)) < density)
-        W[np.arange(n_out), rng.integers(0, n_in, n_out)] = rng.choice([-1.0, 1.0], n_out)
+        if connected:
+            W[np.arange(n_out), rng.integers(0, n_in, n_out)] = rng.choice([-1.0, 1.0], n_out)
         layers += [Dense(W, rng.normal(size=n_out)), activation()]
     return Network(layers[:-1], input_shape=(sizes[0],))
 
