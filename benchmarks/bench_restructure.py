@@ -7,7 +7,7 @@ PartitionProblem solved by ``direct``, weights unchanged).
 Sections:
 
 1. trade-off sweep (``repurpose_opt.studies.tradeoff``) of every engine over uniform tolerances and a few
-   uneven profiles (looser hidden layers, tighter logits), digits MLP at K = 2, 4, 8 and mnist1d MLP at
+   uneven profiles (looser hidden layers, tighter logits; a free layer 1), digits MLP at K = 2, 4, 8 and mnist1d MLP at
    K = 4; the **targets** table is the best volume reduction vs direct within each accuracy-loss budget;
 2. **dominance** of ``repurpose`` over each baseline: per tolerance (volume at the same tolerance) and as
    curves (fraction of the baseline's (volume, accuracy) points that a ``repurpose`` point matches or
@@ -24,14 +24,17 @@ Prints the tables and writes ``restructure.json`` plus ``tradeoff.csv/json`` and
 ``--rows`` re-reads a sweep's rows instead of solving again (the tables only); ``--models`` restricts the sweep.
 
 Noise: the accuracy loss of a point is a paired difference on the test set; its standard error is
-``sqrt(D)/N`` with D the test predictions that changed (``(1 - agreement)·N``), printed as ``± se``: on
-mnist1d (N = 1000, agreement ~0.8) it is ~1.4 pt, larger than the 1 pt budget, so a single point inside
-or outside the budget is decided by a few test samples; the agreement is the steadier measure.
+``sqrt(D)/N`` with D the test predictions that changed (``(1 - agreement)·N``), printed as ``± se``. On
+mnist1d the generator's standard test split (N = 1000, agreement ~0.8) gives ~1.4 pt, more than the 1 pt
+budget, so the mnist1d accuracies here are measured on 12,500 fresh samples of the same generator
+(:func:`repurpose_opt.zoo.mnist1d_samples`, seed 12345: ~0.35 pt); the target row of ``repurpose`` is
+also solved again and measured on the standard split, for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -48,11 +51,15 @@ UNIFORM = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4)
 
 
 def profiles(n_layers: int) -> list:
-    """Uniform tolerances, then uneven ones: loose on the hidden layers, tighter on the logits."""
+    """Uniform tolerances, then uneven ones: loose on the hidden layers, tighter on the logits; and a free
+    layer 1 (tolerance 1.0): with the input replicated it sends nothing, so its tolerance only gives the
+    joint refit room to compensate the later layers' errors."""
     out: list = list(UNIFORM)
     for hidden in (0.2, 0.3):
         for last in (0.1, 0.15):
             out.append(tuple([hidden] * (n_layers - 1) + [last]))
+    for rest in (0.1, 0.12, 0.15):
+        out.append(tuple([1.0] + [rest] * (n_layers - 1)))
     return out
 
 
@@ -77,6 +84,26 @@ def standard_error_pt(row, n_test: int) -> float:
     """Standard error (points) of a point's paired accuracy difference to the original: sqrt(D)/N."""
     changed = round((1.0 - row["agreement"]) * n_test)
     return 100.0 * np.sqrt(changed) / n_test
+
+
+def held_out(model_name: str):
+    """The zoo model, its mnist1d test split replaced by 12,500 fresh generator samples (see the module docstring)."""
+    model = zoo.load(model_name)
+    if model_name != "mnist1d_mlp":
+        return model
+    X, y = zoo.mnist1d_samples(12_500, seed=12_345)
+    return dataclasses.replace(model, X_test=X, y_test=y)
+
+
+def standard_split_loss(model_name: str, k: int, tolerance) -> dict:
+    """``repurpose`` at ``tolerance`` solved again (as the sweep does) and measured on the standard test split."""
+    model = zoo.load(model_name)
+    problem = ro.RestructureProblem(model.network, ro.Cluster(k=k), calibration=model.calibration(1000), tolerance=tolerance)
+    sol = ro.solve(problem, backend="repurpose", time_limit=60.0, seed=0)
+    agreement = float(np.mean(sol.network.forward(model.X_test).argmax(1) == model.network.forward(model.X_test).argmax(1)))
+    row = {"agreement": agreement}
+    return {"volume": sol.objective, "accuracy_loss_pt": 100 * (model.accuracy() - model.accuracy(sol.network)),
+            "agreement": agreement, "loss_standard_error_pt": standard_error_pt(row, len(model.y_test)), "n_test": len(model.y_test)}
 
 
 def dominance(rows, model, k, engine, other, key="accuracy"):
@@ -194,10 +221,10 @@ def main() -> None:
             for model, ks in sweeps:
                 n_layers = zoo.load(model).network.n_layers
                 sweep = [0.05, 0.1, 0.2] if args.quick else profiles(n_layers)
-                rows += tradeoff([model], engines=engines, ks=ks, tolerances=sweep, progress=False)
+                rows += tradeoff([held_out(model)], engines=engines, ks=ks, tolerances=sweep, progress=False)
             write_rows(rows, out)
         results["tradeoff_rows"] = len(rows)
-        n_test = {model: len(zoo.load(model).y_test) for model, _ in sweeps}
+        n_test = {model: len(held_out(model).y_test) for model, _ in sweeps}
 
         print("\nTargets: best volume reduction vs direct (dense contiguous split) within the accuracy-loss budget")
         print(f"{'model':12s} {'K':>2s} {'engine':10s} {'max loss':>8s} {'ratio':>8s} {'target':>7s} {'loss pt':>7s} "
@@ -219,6 +246,11 @@ def main() -> None:
                     print(f"{model:12s} {k:2d} {engine:10s} {loss:8.1f} {best['ratio_vs_direct']:8.1f} {target:7.0f} "
                           f"{best['accuracy_loss_pt']:7.2f} {entry['loss_standard_error_pt']:5.2f} {best['agreement']:6.3f} "
                           f"{best['volume']:7.0f}  {best['tolerance']}")
+                if best is not None and engine == "repurpose" and model == "mnist1d_mlp":
+                    entry["standard_split"] = standard_split_loss(model, k, best["tolerance"])
+                    std = entry["standard_split"]
+                    print(f"{'':12s} {'':2s} {'':10s} the same point on the standard {std['n_test']}-sample split: loss "
+                          f"{std['accuracy_loss_pt']:.2f} ± {std['loss_standard_error_pt']:.2f} pt, agreement {std['agreement']:.3f}")
 
         print("\nDominance of repurpose: per tolerance (share of tolerances where it sends no more) / as curves "
               "(share of the baseline's points matched or beaten on volume and accuracy, and on volume and agreement)")

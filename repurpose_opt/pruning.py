@@ -11,6 +11,7 @@ that drops the pairs no longer needed; in budget mode it opens at most ``max_pai
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,6 +119,7 @@ def prune_layer(
     allowed: np.ndarray | None = None,
     backward: bool = True,
     max_groups: np.ndarray | None = None,
+    deadline: float | None = None,
 ) -> PruneResult:
     """Open remote pairs until the squared error is at most ``target_error`` (or ``max_pairs`` are open).
 
@@ -140,6 +142,11 @@ def prune_layer(
     max_groups : int array (k,), optional
         Most input units (local or remote) each worker's units may read: a per-worker nnz budget divided
         by (units on the worker × weights per input unit). Local inputs beyond it are dropped first.
+    deadline : float, optional
+        ``time.perf_counter()`` value after which the search stops refining: in tolerance mode every pair
+        still allowed is opened at once (one refactorisation per worker: the tolerance is met whenever
+        it can be, at the price of more pairs) and backward elimination stops; in budget mode the pairs
+        opened so far are kept.
 
     Examples
     --------
@@ -177,6 +184,10 @@ def prune_layer(
             current = sum(fit.error for fit in fits if fit is not None)
             if target_error is not None and current <= target_error:
                 break
+            if deadline is not None and time.perf_counter() > deadline:
+                if target_error is not None:
+                    opened += _open_all(fits, candidates, space)
+                break
             room = None if max_pairs is None else max_pairs - len(opened)
             if room is not None and room <= 0:
                 break
@@ -192,7 +203,7 @@ def prune_layer(
                 gains[worker] = fits[worker].gains(candidates[worker])
 
         if backward and target_error is not None and opened:
-            opened = _backward_elimination(fits, opened, target_error, in_placement)
+            opened = _backward_elimination(fits, opened, target_error, deadline)
 
     coef = np.zeros((data.C.shape[0], data.n_features))
     for fit in fits:
@@ -235,8 +246,19 @@ def _next_batch(gains: list[np.ndarray], candidates: list[np.ndarray], n_open: i
     return batch
 
 
+def _open_all(fits: list[WorkerFit | None], candidates: list[np.ndarray], space) -> list[tuple[int, int]]:
+    """Open every candidate pair that fits each worker's room at once (one refactorisation per worker)."""
+    opened = []
+    for worker, fit in enumerate(fits):
+        groups = candidates[worker][: space(worker)] if fit is not None else candidates[worker][:0]
+        if groups.size:
+            fit.reset(np.concatenate([np.asarray(fit.groups, dtype=np.int64), groups]))
+            opened += [(int(g), worker) for g in groups]
+    return opened
+
+
 def _backward_elimination(fits: list[WorkerFit | None], opened: list[tuple[int, int]], target: float,
-                          in_placement: np.ndarray) -> list[tuple[int, int]]:
+                          deadline: float | None = None) -> list[tuple[int, int]]:
     """Drop opened pairs, cheapest first, while the error stays within ``target``.
 
     Works on each worker's inverse Gram (:class:`~repurpose_opt.lsq.InverseFit`): a batch's *joint* loss
@@ -252,7 +274,7 @@ def _backward_elimination(fits: list[WorkerFit | None], opened: list[tuple[int, 
     batches: list[list[tuple[int, int]]] = []
     while opened:
         slack = target - current
-        if slack <= 0:
+        if slack <= 0 or (deadline is not None and time.perf_counter() > deadline):
             break
         candidates = []
         for worker, state in states.items():
@@ -309,9 +331,12 @@ def _pruning_result(problem, coef: np.ndarray, opened, status, message: str, bou
                          stats={"opened_pairs": [list(p) for p in opened], **(stats or {})})
 
 
-def solve_pruning_greedy(problem) -> BackendResult:
+def solve_pruning_greedy(problem, time_limit: float | None = None) -> BackendResult:
     """Group OMP + backward elimination on a PruningProblem (status FEASIBLE, or INFEASIBLE if the
     tolerance is below what reading every input can reach).
+
+    With a ``time_limit`` (seconds) the search stops refining at the deadline (see :func:`prune_layer`):
+    the answer still meets the tolerance, with more pairs than a full search would open.
 
     Examples
     --------
@@ -325,11 +350,12 @@ def solve_pruning_greedy(problem) -> BackendResult:
     >>> result.status.value, len(result.stats["opened_pairs"])
     ('FEASIBLE', 2)
     """
+    deadline = None if time_limit is None else time.perf_counter() + float(time_limit)
     with blas_threads(problem.network):
-        return _solve_pruning_greedy(problem)
+        return _solve_pruning_greedy(problem, deadline)
 
 
-def _solve_pruning_greedy(problem) -> BackendResult:
+def _solve_pruning_greedy(problem, deadline: float | None) -> BackendResult:
     from .solution import Status
     from .solvers.base import BackendResult
 
@@ -342,10 +368,11 @@ def _solve_pruning_greedy(problem) -> BackendResult:
             if own is not None:
                 return own
             return BackendResult(Status.INFEASIBLE, message=f"tolerance {problem.tolerance:.4g} cannot be met; the smallest relative error reachable is {smallest:.4g}")
-        result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target, max_groups=caps)
+        result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target, max_groups=caps,
+                             deadline=deadline)
         if not result.feasible:  # the greedy stalled above a target the full fit reaches: open the rest
             result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=0.0, backward=False,
-                                 max_groups=caps)
+                                 max_groups=caps, deadline=deadline)
             if result.error > target * (1 + 1e-6):
                 own = _own_weights(problem)
                 if own is not None:
@@ -354,7 +381,7 @@ def _solve_pruning_greedy(problem) -> BackendResult:
                 return BackendResult(Status.NO_SOLUTION, message=f"the adjustment could not reach the tolerance{why}")
     else:
         result = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, max_pairs=problem.max_pairs,
-                             max_groups=caps)
+                             max_groups=caps, deadline=deadline)
     return _pruning_result(problem, result.coef, result.opened, Status.FEASIBLE, "group OMP + backward elimination")
 
 

@@ -115,6 +115,38 @@ def test_nnz_budget_validation_and_what_it_allows():
     assert problem.max_groups.tolist() == [3, 2]  # worker 0: 1 unit x 3 inputs; worker 1: 2 units x 2 inputs
 
 
+# -------------------------------------------------------------------------------------- deadlines
+def _remote_pairs(problem) -> int:
+    placement_in, placement_out = problem.in_placement, np.asarray(problem.output_placement)
+    return int(sum(np.sum(placement_in != w) for w in np.unique(placement_out)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_past_deadline_opens_every_remote_pair_and_still_meets_the_tolerance(seed):
+    from repurpose_opt.pruning import prune_layer
+
+    problem = _problem(seed, tolerance=0.05)
+    data = problem.fit_data()
+    target = 0.05**2 * float(data.data_energy.sum())
+    searched = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target)
+    hurried = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, target_error=target, deadline=0.0)
+    assert searched.feasible and hurried.feasible and hurried.error <= target
+    # Out of time before the first step: every remote pair a unit's worker lacks is opened at once.
+    assert len(hurried.opened) == _remote_pairs(problem) >= len(searched.opened)
+    # Budget mode keeps what it has (nothing yet): within the budget, never over it.
+    budgeted = prune_layer(data, problem.in_placement, problem.output_placement, problem.k, max_pairs=2, deadline=0.0)
+    assert budgeted.opened == ()
+
+
+def test_greedy_pruning_with_a_tiny_time_limit_is_feasible_and_verified():
+    problem = _problem(3, tolerance=0.05)
+    sol = ro.solve(problem, backend="greedy", time_limit=1e-9, verify=True)
+    assert sol.status is ro.Status.FEASIBLE
+    assert len(sol.stats["opened_pairs"]) == _remote_pairs(problem)
+    full = ro.solve(problem, backend="greedy", verify=True)
+    assert len(full.stats["opened_pairs"]) <= len(sol.stats["opened_pairs"])
+
+
 # ------------------------------------------------------------------------------------------- conv
 def test_conv_pair_opens_every_tap_of_its_channel_and_refit_is_im2col_least_squares():
     rng = np.random.default_rng(4)

@@ -92,6 +92,17 @@ def test_zoo_arguments():
         zoo.load("resnet")
 
 
+def test_mnist1d_samples_are_reproducible_and_checked():
+    pytest.importorskip("mnist1d")
+    X, y = zoo.mnist1d_samples(30, seed=7)
+    assert X.shape == (30, 40) and y.shape == (30,) and X.dtype == np.float64 and y.dtype == np.int64
+    X2, y2 = zoo.mnist1d_samples(30, seed=7)
+    assert np.array_equal(X, X2) and np.array_equal(y, y2)
+    assert not np.array_equal(X, zoo.mnist1d_samples(30, seed=8)[0])
+    with pytest.raises(ro.InvalidParameterError, match="`n` must be at least 1, got 0"):
+        zoo.mnist1d_samples(0)
+
+
 def test_calibration_bounds(tiny_zoo):
     model = zoo.load("tiny")
     assert model.calibration(3).shape == (3, 4)

@@ -522,7 +522,7 @@ class GreedyBackend(Backend):
         if kind == "PruningProblem":
             from ..pruning import solve_pruning_greedy
 
-            return solve_pruning_greedy(problem)
+            return solve_pruning_greedy(problem, time_limit=time_limit)
         if kind == "RestructureProblem":
             from .restructure_engine import restructure_with_partitioner
 

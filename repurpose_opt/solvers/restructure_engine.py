@@ -54,7 +54,7 @@ class LayerContext:
         key = np.asarray(placement, dtype=np.int64).tobytes()
         if key not in self._cache:
             self._cache[key] = prune_layer(self.data, self.in_placement, placement, self.k,
-                                           target_error=self.target_error, max_pairs=self.max_pairs)
+                                           target_error=self.target_error, max_pairs=self.max_pairs, deadline=self.deadline)
         return self._cache[key]
 
 
@@ -294,7 +294,7 @@ def _cascade_pass(problem: Any, original: Any, first_placement: np.ndarray, plac
         _, placement, result = best
         if target is not None and not result.feasible:
             # Numerical floor: the greedy fit could not reach a target the full fit reaches; open the rest.
-            result = prune_layer(data, in_placement, placement, k, target_error=0.0, backward=False)
+            result = prune_layer(data, in_placement, placement, k, target_error=0.0, backward=False, deadline=deadline)
             if result.error > target * (1 + 1e-6):
                 original_fit = original_fit or _original_fit(network, l, x_hat, z, tolerances[l - 1])
                 if original_fit is None:
@@ -427,8 +427,9 @@ def restructure_with_partitioner(problem: Any, backend: str, *, keep: float = 0.
     run the shared ℓ0 adjustment in cascade with that placement.
 
     With a ``time_limit``, the placement gets ``PLACEMENT_SHARE`` of it and the cascade the rest (its
-    candidate loop and joint refit stop at the deadline; every layer is still adjusted once, so a tiny limit
-    on a large network can be exceeded by that one pass). The cascade's answer is offered as an incumbent
+    candidate loop and joint refit stop at the deadline; every layer is still adjusted once, past the deadline
+    by opening every remaining pair at once, one factorisation per worker, so a tiny limit on a large network
+    can be exceeded by that one pass). The cascade's answer is offered as an incumbent
     before the joint refit, so Ctrl-C during the refit returns it.
     """
     started = time.perf_counter()
