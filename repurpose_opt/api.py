@@ -164,7 +164,13 @@ def solve(
         except RepurposeError:
             raise
         except Exception as exc:  # a crash inside a backend or a native library
-            raise SolverError(f"backend {engine.name!r} failed on this {kind}: {type(exc).__name__}: {exc}") from exc
+            if not _caused_by_interrupt(exc):
+                raise SolverError(f"backend {engine.name!r} failed on this {kind}: {type(exc).__name__}: {exc}") from exc
+            # Ctrl-C while a native solver module is first imported surfaces as the ImportError it caused
+            # (pybind11: "initialization failed"; a fresh machine's first `cp_model` import takes ~0.5 s).
+            if slot.parent is not None:
+                raise KeyboardInterrupt from exc
+            result = slot.result("interrupted (KeyboardInterrupt)")
     solved = time.perf_counter() - started
     if not isinstance(result, BackendResult):
         raise SolverError(f"backend {engine.name!r} returned {type(result).__name__}, not a BackendResult")
@@ -178,6 +184,17 @@ def solve(
         if not check.ok:
             raise SolverError(f"backend {engine.name!r} returned a solution that fails verification: {'; '.join(check.violations)}")
     return solution
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised because of a KeyboardInterrupt (anywhere in its cause/context chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _finish(problem: Any, name: str, result: BackendResult, seed: int | None) -> Solution:

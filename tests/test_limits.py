@@ -151,6 +151,12 @@ _SIGINT_SCRIPT = textwrap.dedent("""
     import numpy as np
     import repurpose_opt as ro
     from repurpose_opt.solvers import base
+    # The native solvers' modules first: this test is about Ctrl-C during a search. A SIGINT inside a first
+    # import (cp_model's took > 0.3 s on a fresh machine) is test_interrupt_during_a_native_import_..., and a
+    # pybind11 module whose initialisation was interrupted may not import again in the same process.
+    from ortools.graph.python import min_cost_flow  # noqa: F401
+    from ortools.sat.python import cp_model  # noqa: F401
+    import cvxpy  # noqa: F401
     from repurpose_opt.studies.instances import random_network
 
     def children():
@@ -262,7 +268,8 @@ class _Interrupted(Backend):
 
     name = "test-interrupted"
     problem_types = ("PartitionProblem",)
-    options = {"offer": Option(True, "offer an incumbent first"), "bad": Option(False, "offer an unbalanced one")}
+    options = {"offer": Option(True, "offer an incumbent first"), "bad": Option(False, "offer an unbalanced one"),
+               "in_import": Option(False, "interrupt the way a native module's first import does")}
 
     def solve(self, problem, *, time_limit, seed, options):
         if options["bad"]:
@@ -271,6 +278,11 @@ class _Interrupted(Backend):
             split = DirectBackend._split(problem)
             self.offer(split, objective=ro.simulate(problem.network, list(split), problem.cluster,
                                                     output=problem.output).comm_scalars, message="the split")
+        if options["in_import"]:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as interrupt:  # pybind11's module init turns it into this
+                raise ImportError("initialization failed") from interrupt
         raise KeyboardInterrupt
 
 
@@ -311,6 +323,12 @@ def test_interrupt_returns_the_offered_incumbent(test_backends):
     assert sol.message.startswith("interrupted (KeyboardInterrupt)") and "the split" in sol.message
     none = ro.solve(problem, "test-interrupted", options={"offer": False})
     assert none.status is ro.Status.NO_SOLUTION and none.assignment is None and none.stats["interrupted"] is True
+
+
+def test_interrupt_during_a_native_import_is_still_an_interrupt(test_backends):
+    problem = _small()
+    sol = ro.solve(problem, "test-interrupted", options={"in_import": True}, verify=True)
+    assert sol.status is ro.Status.FEASIBLE and sol.stats["interrupted"] is True and "the split" in sol.message
 
 
 def test_interrupt_in_a_nested_solve_is_answered_by_the_outer_one(test_backends):
