@@ -26,9 +26,10 @@ __all__ = ["RestructureProblem", "calibration_errors"]
 FIT_MODES = ("cascade",)
 
 
-def calibration_errors(original: Network, restructured: Network, X: np.ndarray) -> np.ndarray:
-    """Per-layer ``||Ẑ_l − Z_l||_F / ||Z_l||_F`` with both networks run on ``X`` (cascade errors)."""
-    a, b = original.trace(X), restructured.trace(X)
+def calibration_errors(original: Network, restructured: Network, X: np.ndarray, reference: Any = None) -> np.ndarray:
+    """Per-layer ``||Ẑ_l − Z_l||_F / ||Z_l||_F`` with both networks run on ``X`` (cascade errors);
+    ``reference``: ``original.trace(X)`` when the caller already has it."""
+    a, b = original.trace(X) if reference is None else reference, restructured.trace(X)
     out = []
     for z, z_hat in zip(a.pre_activations, b.pre_activations, strict=False):
         norm = float(np.linalg.norm(z))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib.util
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -99,6 +100,22 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def describe_exit(code: int | None) -> str:
+    """How a child process ended, for an error message: "was killed by SIGKILL", "exited with code 1".
+
+    Examples
+    --------
+    >>> describe_exit(-9), describe_exit(1)
+    ('was killed by SIGKILL', 'exited with code 1')
+    """
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 @dataclass(frozen=True)

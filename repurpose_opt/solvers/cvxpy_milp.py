@@ -67,6 +67,7 @@ from .base import (
     Option,
     boolean,
     choice,
+    describe_exit,
     format_bytes,
     mapping,
     memory_budget,
@@ -219,19 +220,12 @@ def solve_milp_highs(
 
 def _death_notice(exitcode: int | None, stderr_path: str) -> str:
     """What a dead HiGHS child says: how it died and the last lines of its stderr (the native message)."""
-    if exitcode is not None and exitcode < 0:
-        try:
-            how = f"was killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            how = f"was killed by signal {-exitcode}"
-    else:
-        how = f"exited with code {exitcode}"
     try:
         with open(stderr_path, encoding="utf-8", errors="replace") as handle:
             tail = handle.read()[-600:].strip()
     except OSError:
         tail = ""
-    return f"the HiGHS process {how}" + (f"; its last output: {tail}" if tail else "")
+    return f"the HiGHS process {describe_exit(exitcode)}" + (f"; its last output: {tail}" if tail else "")
 
 
 def _highs_child(connection: Any, model: Any, kwargs: dict[str, Any], stderr_path: str | None = None) -> None:

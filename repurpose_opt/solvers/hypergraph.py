@@ -44,7 +44,6 @@ import os
 import pickle
 import re
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -56,7 +55,18 @@ import numpy as np
 
 from ..errors import InvalidParameterError, SolverError
 from ..solution import Status
-from .base import MEMORY_ENV, Backend, BackendResult, Option, choice, format_bytes, integer, memory_budget, number
+from .base import (
+    MEMORY_ENV,
+    Backend,
+    BackendResult,
+    Option,
+    choice,
+    describe_exit,
+    format_bytes,
+    integer,
+    memory_budget,
+    number,
+)
 from .placement import block_sizes, contiguous_placement, extra_capacity_violation
 
 __all__ = ["HypergraphBackend"]
@@ -187,16 +197,9 @@ class _MtKaHyPar:
             except subprocess.TimeoutExpired:
                 process.kill()
                 code = process.wait()
-        if code is not None and code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        else:
-            how = f"exited with code {code}"
         tail = self._stderr_tail()
         self.close()
-        return SolverError(f"Mt-KaHyPar {how} {during}" + (f"; its last output: {tail}" if tail else ""))
+        return SolverError(f"Mt-KaHyPar {describe_exit(code)} {during}" + (f"; its last output: {tail}" if tail else ""))
 
     def _read_exact(self, n: int, deadline: float | None) -> bytes | None:
         fd = self.process.stdout.fileno()

@@ -255,7 +255,7 @@ def evaluation_flops(network: Network, n_samples: int) -> float:
 
 def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: Any, *, ridge: float = DEFAULT_RIDGE,
                 max_iter: int = 100, max_flops: float = WORK_BUDGET, deadline: float | None = None,
-                dtype: Any = np.float32) -> JointRefit:
+                dtype: Any = np.float32, trace: Any = None) -> JointRefit:
     """Fine-tune every kept weight of ``restructured`` together (see the module docstring).
 
     Parameters
@@ -278,6 +278,8 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
         ``time.perf_counter()`` value at which to stop with the best point found so far.
     dtype : numpy dtype
         Arithmetic of the optimiser's passes (the acceptance checks are float64).
+    trace : Trace, optional
+        ``original.trace(X)`` when the caller has it (a RestructureProblem's ``calibration_trace``).
 
     Examples
     --------
@@ -299,13 +301,13 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
     if evaluations < MIN_EVALUATIONS:  # decided before any pass over the data (2 s on a 512-2048-2048-10 MLP)
         return JointRefit(restructured, False, float("nan"), float("nan"), (), 0, 0, time.perf_counter() - started,
                           f"over the work budget ({evaluations} evaluations affordable)")
-    before = calibration_errors(original, restructured, X)
+    trace = original.trace(X) if trace is None else trace  # the targets, and the reference of every error check
+    before = calibration_errors(original, restructured, X, reference=trace)
     caps = before.copy() if caps is None else np.asarray(caps, dtype=np.float64).reshape(-1)
     # A layer that must stay (numerically) exact freezes itself and everything before it: any upstream
     # change would move it.
     exact = np.flatnonzero(caps[:-1] <= EXACT)
     free = [l > (exact.max() if exact.size else -1) for l in range(L)]
-    trace = original.trace(X)
     targets = [np.asarray(z, dtype=dtype) for z in trace.pre_activations]
     energy = np.array([float(np.sum(np.asarray(z, dtype=np.float64) ** 2)) for z in trace.pre_activations])
 
@@ -392,7 +394,7 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
     # Accept the best point, or the largest step toward it that keeps every layer within its cap.
     for _ in range(8):
         candidate = restructured.with_weights([(W.astype(np.float64), b.astype(np.float64)) for W, b in model.weights(theta, np.float64)])
-        errors = calibration_errors(original, candidate, X)
+        errors = calibration_errors(original, candidate, X, reference=trace)
         if np.all(errors <= caps) and errors[-1] < before[-1]:
             return result(candidate, True, errors, iterations, best["evals"], reason)
         theta = 0.5 * (theta + theta0)

@@ -61,11 +61,21 @@ class LayerContext:
 Placer = Callable[[LayerContext], list[np.ndarray]]
 
 
-def _group_energy(W: np.ndarray, n_inputs: int, input_power: np.ndarray) -> np.ndarray:
-    """Importance g_ij = Σ over unit j's columns of W_ij² · E[x²] (n_out, n_inputs)."""
-    n_out = W.shape[0]
-    weighted = (W.reshape(n_out, -1) ** 2) * input_power[None, :]
-    return weighted.reshape(n_out, n_inputs, -1).sum(axis=2)
+def layer_importance(network: Any, activations: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """Per linear layer, the importance ``g_ij = Σ over unit j's columns of W_ij²·E[x²]`` (n_out, n_inputs),
+    with ``activations`` the calibration trace's inputs of each layer (a conv kernel tap of channel j sees
+    that channel's mean power)."""
+    out = []
+    for layer, structure, x in zip(network.linear_layers, network.structure, activations, strict=False):
+        if structure.kind == "dense":
+            power = np.mean(x.reshape(x.shape[0], -1) ** 2, axis=0)
+        else:
+            kh, kw = layer.W.shape[2:]
+            power = np.repeat(np.mean(x**2, axis=(0, 2)), kh * kw)
+        n_out = layer.W.shape[0]
+        weighted = (layer.W.reshape(n_out, -1) ** 2) * power[None, :]
+        out.append(weighted.reshape(n_out, structure.n_inputs, -1).sum(axis=2))
+    return out
 
 
 def importance_chain(problem: Any, activations: tuple[np.ndarray, ...], sweeps: int = 10) -> list[np.ndarray]:
@@ -77,17 +87,7 @@ def importance_chain(problem: Any, activations: tuple[np.ndarray, ...], sweeps: 
     """
     network, cluster = problem.network, problem.cluster
     k, L = cluster.k, network.n_layers
-    g = []
-    for l in range(1, L + 1):
-        layer = network.linear_layers[l - 1]
-        structure = network.structure[l - 1]
-        x = activations[l - 1]
-        if structure.kind == "dense":
-            power = np.mean(x.reshape(x.shape[0], -1) ** 2, axis=0)
-        else:  # conv: every kernel tap of channel j sees that channel's mean power
-            kh, kw = layer.W.shape[2:]
-            power = np.repeat(np.mean(x**2, axis=(0, 2)), kh * kw)
-        g.append(_group_energy(layer.W, structure.n_inputs, power))
+    g = layer_importance(network, activations)
     fixed = fixed_input(problem)
     placements: list[np.ndarray] = []
     counts = network.unit_counts
@@ -239,7 +239,7 @@ def finish_cascade(problem: Any, result: BackendResult, *, ridge: float = DEFAUL
             from .joint_refit import joint_refit
 
             refit = joint_refit(network, result.network, problem.calibration, problem.tolerances, ridge=ridge,
-                                max_iter=joint_iterations, deadline=deadline)
+                                max_iter=joint_iterations, deadline=deadline, trace=problem.calibration_trace)
             result.network = refit.network
             stats["joint_refit"] = {"accepted": refit.accepted, "output_error_before": refit.output_error_before,
                                     "output_error_after": refit.output_error_after, "iterations": refit.iterations,
@@ -366,14 +366,7 @@ def importance_sparsified(network: Any, activations: tuple[np.ndarray, ...], kee
     (every balanced placement has the same volume), so partition engines place this sparsified copy.
     """
     weights = []
-    for l, (layer, structure) in enumerate(zip(network.linear_layers, network.structure, strict=False), start=1):
-        x = activations[l - 1]
-        if structure.kind == "dense":
-            power = np.mean(x.reshape(x.shape[0], -1) ** 2, axis=0)
-        else:
-            kh, kw = layer.W.shape[2:]
-            power = np.repeat(np.mean(x**2, axis=(0, 2)), kh * kw)
-        g = _group_energy(layer.W, structure.n_inputs, power)
+    for layer, structure, g in zip(network.linear_layers, network.structure, layer_importance(network, activations), strict=True):
         count = max(1, int(round(keep * g.size)))
         threshold = np.partition(g.ravel(), g.size - count)[g.size - count]
         mask = g >= threshold

@@ -25,7 +25,7 @@ import numpy as np
 from ..solution import Status
 from .base import BackendResult
 from .placement import fixed_input
-from .restructure_engine import _group_energy, run_cascade
+from .restructure_engine import layer_importance, run_cascade
 
 __all__ = ["SurrogateModel", "build_surrogate", "solve_surrogate_ortools", "solve_surrogate_cvxpy", "restructure_with_surrogate"]
 
@@ -50,16 +50,8 @@ class SurrogateModel:
 def build_surrogate(problem: Any, keep: float = 0.1) -> SurrogateModel:
     """Importance weights of every layer's kept links, from the calibration data."""
     network = problem.network
-    activations = problem.calibration_trace.activations
     edges = []
-    for l, (layer, structure) in enumerate(zip(network.linear_layers, network.structure, strict=False), start=1):
-        x = activations[l - 1]
-        if structure.kind == "dense":
-            power = np.mean(x.reshape(x.shape[0], -1) ** 2, axis=0)
-        else:
-            kh, kw = layer.W.shape[2:]
-            power = np.repeat(np.mean(x**2, axis=(0, 2)), kh * kw)
-        g = _group_energy(layer.W, structure.n_inputs, power)
+    for g in layer_importance(network, problem.calibration_trace.activations):
         count = max(1, int(round(keep * g.size)))
         order = np.argsort(-g.ravel(), kind="stable")[:count]
         i, j = np.unravel_index(order, g.shape)

@@ -348,12 +348,7 @@ def plot_compare(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
         ax.set_title(instance, fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(instances):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    time_path = out / "compare_time.png"
-    fig.savefig(time_path, dpi=100)
-    plt.close(fig)
+    time_path = _save_grid(plt, fig, axes, len(instances), out / "compare_time.png")
 
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4 * nrows), squeeze=False)
     for ax, instance in zip(axes.flat, instances, strict=False):
@@ -375,10 +370,15 @@ def plot_compare(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
         ax.set_ylabel("volume [scalars / sample]")
         ax.set_title(f"{instance} (best run per backend)", fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(instances):]:
+    layers_path = _save_grid(plt, fig, axes, len(instances), out / "compare_layers.png")
+    return [time_path, layers_path]
+
+
+def _save_grid(plt: Any, fig: Any, axes: Any, used: int, path: Path) -> Path:
+    """Hide the grid's unused panels, write the figure to ``path`` and close it."""
+    for ax in list(axes.flat)[used:]:
         ax.set_visible(False)
     fig.tight_layout()
-    layers_path = out / "compare_layers.png"
-    fig.savefig(layers_path, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return [time_path, layers_path]
+    return path
