@@ -1,0 +1,143 @@
+"""Why the mnist1d target of issue 4 (K = 4: ≥ 5× less volume than direct at ≤ 1 pt accuracy loss) is missed.
+
+Every row is ``repurpose`` at K = 4 in the issue's setting (replicated input, outputs gathered on worker 0),
+measured on 12,500 fresh samples of mnist1d's generator (:func:`repurpose_opt.zoo.mnist1d_samples`, seed
+12345): the volume and its ratio to the dense contiguous split (1543 scalars per sample), the relative error
+of the logits ``||f̂(X) − f(X)||_F / ||f(X)||_F`` on the calibration set and on the fresh samples, the
+agreement of the predictions and the accuracy loss with its standard error ``sqrt(D)/N`` (D = changed
+predictions).
+
+Sections:
+
+1. **frontier**: the shipped model, calibration = its first 1000 training samples (the issue's setting),
+   tolerances ``[1.0, t, t]`` (a free layer 1: with a replicated input it sends nothing) and uniform ``t``;
+2. **split**: tolerance profiles ``[1.0, t2, t3]``, a 3×3 grid: spending the error unevenly between the
+   hidden layer and the logits;
+3. **calibration**: other draws of 1000 training samples (random, seeds 0-4) at ``[1.0, 0.12, 0.12]``: how
+   much the accuracy loss depends on which samples calibrate; then all 4000 training samples instead of
+   1000 (outside the setting: does more data close the gap?);
+4. **training**: the same architecture, data and recipe (scikit-learn ``MLPClassifier``, 300 iterations,
+   ``random_state=0``, one BLAS thread) trained with more weight decay ``alpha`` than the shipped model's
+   1e-4 (outside the setting: another model).
+
+Run:  flock /tmp/repurpose-bench.lock python benchmarks/bench_mnist1d_limits.py [--out benchmarks/results]
+Prints one table per section and writes ``mnist1d_limits.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import repurpose_opt as ro
+from repurpose_opt import zoo
+
+K = 4
+FRESH = 12_500
+
+
+def direct_volume(network: ro.Network) -> float:
+    problem = ro.PartitionProblem(network, ro.Cluster(k=K))
+    return float(ro.solve(problem, backend="direct").objective)
+
+
+def train(alpha: float, X: np.ndarray, y: np.ndarray) -> ro.Network:
+    """The zoo's mnist1d recipe (``repurpose_opt.zoo``) with weight decay ``alpha``."""
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning of the fixed iteration budget
+        clf = MLPClassifier((256, 256), max_iter=300, random_state=0, alpha=alpha).fit(X, y)
+    return ro.Network.from_sklearn(clf)
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def measure(network: ro.Network, calibration: np.ndarray, tolerance, fresh: tuple[np.ndarray, np.ndarray],
+            direct: float, **labels) -> dict:
+    X, y = fresh
+    started = time.perf_counter()
+    problem = ro.RestructureProblem(network, ro.Cluster(k=K), calibration=calibration, tolerance=tolerance)
+    sol = ro.solve(problem, backend="repurpose", seed=0)
+    seconds = time.perf_counter() - started
+    reference, restructured = network.forward(X), sol.network.forward(X)
+    changed = int(np.sum(reference.argmax(1) != restructured.argmax(1)))
+    row = {**labels, "tolerance": tolerance, "volume": sol.objective, "ratio_vs_direct": direct / sol.objective,
+           "calibration_output_error": relative(sol.network.forward(calibration), network.forward(calibration)),
+           "fresh_output_error": relative(restructured, reference), "agreement": 1.0 - changed / len(y),
+           "accuracy_loss_pt": 100.0 * (np.mean(reference.argmax(1) == y) - np.mean(restructured.argmax(1) == y)),
+           "loss_standard_error_pt": 100.0 * np.sqrt(changed) / len(y), "seconds": seconds,
+           "pairs_per_layer": [entry["pairs"] for entry in sol.stats["layers"]]}
+    print(f"{str(labels):34s} {str(tolerance):18s} {row['volume']:6.0f} {row['ratio_vs_direct']:6.2f} "
+          f"{row['calibration_output_error']:7.4f} {row['fresh_output_error']:7.4f} {row['agreement']:6.3f} "
+          f"{row['accuracy_loss_pt']:6.2f} ± {row['loss_standard_error_pt']:.2f}  {seconds:5.1f} s", flush=True)
+    return row
+
+
+def header(title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'':34s} {'tolerance':18s} {'volume':>6s} {'ratio':>6s} {'err cal':>7s} {'err new':>7s} {'agree':>6s} "
+          f"{'loss pt':>6s}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: frontier,split,calibration,training")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    model = zoo.load("mnist1d_mlp")
+    fresh = zoo.mnist1d_samples(FRESH, seed=12_345)
+    calibration = model.calibration(1000)
+    direct = direct_volume(model.network)
+    results: dict = {"k": K, "fresh_samples": FRESH, "direct_volume": direct}
+
+    def accuracies(network: ro.Network) -> dict:
+        return {"train": float(np.mean(network.forward(model.X_train).argmax(1) == model.y_train)),
+                "standard_test": float(np.mean(network.forward(model.X_test).argmax(1) == model.y_test)),
+                "fresh": float(np.mean(network.forward(fresh[0]).argmax(1) == fresh[1]))}
+
+    results["shipped_model_accuracy"] = accuracies(model.network)
+    print(f"shipped mnist1d MLP: accuracy {results['shipped_model_accuracy']}, direct volume {direct:.0f} at K = {K}")
+    if "frontier" not in skip:
+        header("1. frontier: the shipped model, 1000 calibration samples")
+        results["frontier"] = [measure(model.network, calibration, tol, fresh, direct, section="frontier")
+                               for t in (0.1, 0.12, 0.13, 0.14, 0.16) for tol in ([1.0, t, t], t)]
+    if "split" not in skip:
+        header("2. split: [1.0, t2, t3]")
+        results["split"] = [measure(model.network, calibration, [1.0, t2, t3], fresh, direct, section="split")
+                            for t2 in (0.1, 0.13, 0.16) for t3 in (0.1, 0.13, 0.16) if t2 != t3]
+    if "calibration" not in skip:
+        header("3. calibration: other draws of 1000 training samples, then all 4000")
+        draws = [model.X_train[np.random.default_rng(seed).permutation(len(model.X_train))[:1000]] for seed in range(5)]
+        results["calibration"] = [measure(model.network, draw, [1.0, 0.12, 0.12], fresh, direct, section=f"random 1000, seed {seed}")
+                                  for seed, draw in enumerate(draws)]
+        results["calibration"] += [measure(model.network, model.X_train, [1.0, t, t], fresh, direct, section="calibration 4000")
+                                   for t in (0.12, 0.14, 0.16)]
+    if "training" not in skip:
+        results["training"] = []
+        for alpha in (1e-2, 1e-1, 1.0):
+            started = time.perf_counter()
+            network = train(alpha, model.X_train, model.y_train)
+            entry = {"alpha": alpha, "training_seconds": time.perf_counter() - started, "accuracy": accuracies(network),
+                     "direct_volume": direct_volume(network)}
+            header(f"4. training: weight decay alpha = {alpha:g} (accuracy {entry['accuracy']})")
+            entry["rows"] = [measure(network, calibration, [1.0, t, t], fresh, entry["direct_volume"], section=f"alpha={alpha:g}")
+                             for t in (0.12, 0.14, 0.16, 0.2)]
+            results["training"].append(entry)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mnist1d_limits.json").write_text(json.dumps(results, indent=1, default=float))
+    print(f"\nwrote {out / 'mnist1d_limits.json'}")
+
+
+if __name__ == "__main__":
+    main()
