@@ -250,8 +250,8 @@ def _open_all(fits: list[WorkerFit | None], candidates: list[np.ndarray], space)
     """Open every candidate pair that fits each worker's room at once (one refactorisation per worker)."""
     opened = []
     for worker, fit in enumerate(fits):
-        groups = candidates[worker][: space(worker)] if fit is not None else candidates[worker][:0]
-        if groups.size:
+        groups = candidates[worker][: space(worker)] if fit is not None else ()
+        if len(groups):
             fit.reset(np.concatenate([np.asarray(fit.groups, dtype=np.int64), groups]))
             opened += [(int(g), worker) for g in groups]
     return opened

@@ -113,23 +113,33 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return X_train, y_train.astype(np.int64), X_test, y_test.astype(np.int64)
 
 
-def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _mnist1d_draw(missing: str, **settings) -> dict:
+    """mnist1d's generator run locally (``get_dataset()`` would download) with its default arguments
+    overridden by ``settings``; ``missing`` opens the error raised when mnist1d is not installed."""
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
-        raise BackendUnavailableError("the mnist1d model needs mnist1d: pip install 'repurpose-opt[data]'") from exc
-    data = make_dataset(get_dataset_args())  # generated locally; get_dataset() would download
+        raise BackendUnavailableError(f"{missing}: pip install 'repurpose-opt[data]'") from exc
+    args = get_dataset_args()
+    for key, value in settings.items():
+        setattr(args, key, value)
+    return make_dataset(args)
+
+
+def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    data = _mnist1d_draw("the mnist1d model needs mnist1d")
     return (np.asarray(data["x"], dtype=np.float64), np.asarray(data["y"], dtype=np.int64),
             np.asarray(data["x_test"], dtype=np.float64), np.asarray(data["y_test"], dtype=np.int64))
 
 
 # ------------------------------------------------------------------------------------------ recipes
-def _sklearn_mlp(hidden: tuple[int, ...], X: np.ndarray, y: np.ndarray) -> Network:
+def _sklearn_mlp(hidden: tuple[int, ...], X: np.ndarray, y: np.ndarray, alpha: float = 1e-4) -> Network:
+    """The shipped MLPs' recipe; ``alpha`` is the weight decay (scikit-learn's default for every shipped model)."""
     from sklearn.neural_network import MLPClassifier
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning of the fixed iteration budget
-        clf = MLPClassifier(hidden, max_iter=300, random_state=0).fit(X, y)
+        clf = MLPClassifier(hidden, max_iter=300, random_state=0, alpha=alpha).fit(X, y)
     return Network.from_sklearn(clf)
 
 
@@ -260,13 +270,7 @@ def mnist1d_samples(n: int = 12_500, *, seed: int = 12_345) -> tuple[np.ndarray,
     n, seed = as_int("n", n), as_int("seed", seed)
     if n < 1:
         raise InvalidParameterError(f"`n` must be at least 1, got {n}")
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as exc:
-        raise BackendUnavailableError("mnist1d samples need mnist1d: pip install 'repurpose-opt[data]'") from exc
-    args = get_dataset_args()
-    args.num_samples, args.seed = max(n, 2), seed  # the generator splits its draw; both halves are kept
-    data = make_dataset(args)
+    data = _mnist1d_draw("mnist1d samples need mnist1d", num_samples=max(n, 2), seed=seed)  # split in two halves; both are kept
     X = np.concatenate([data["x"], data["x_test"]])[:n]
     y = np.concatenate([data["y"], data["y_test"]])[:n]
     return np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.int64)

@@ -26,7 +26,8 @@ __all__ = ["RestructureProblem", "calibration_errors"]
 FIT_MODES = ("cascade",)
 
 
-def calibration_errors(original: Network, restructured: Network, X: np.ndarray, reference: Any = None) -> np.ndarray:
+def calibration_errors(original: Network, restructured: Network, X: np.ndarray,
+                       reference: NetworkTrace | None = None) -> np.ndarray:
     """Per-layer ``||Ẑ_l − Z_l||_F / ||Z_l||_F`` with both networks run on ``X`` (cascade errors);
     ``reference``: ``original.trace(X)`` when the caller already has it."""
     a, b = original.trace(X) if reference is None else reference, restructured.trace(X)

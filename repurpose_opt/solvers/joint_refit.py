@@ -32,7 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..layers import AvgPool2d, Conv2d, Dense, Flatten, Identity, MaxPool2d, ReLU, Sigmoid, Tanh
 from ..lsq import DEFAULT_RIDGE, design_matrix
-from ..network import Network
+from ..network import Network, NetworkTrace
 from ..problems.restructure import calibration_errors
 
 __all__ = ["JointRefit", "joint_refit", "evaluation_flops", "WORK_BUDGET"]
@@ -255,7 +255,7 @@ def evaluation_flops(network: Network, n_samples: int) -> float:
 
 def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: Any, *, ridge: float = DEFAULT_RIDGE,
                 max_iter: int = 100, max_flops: float = WORK_BUDGET, deadline: float | None = None,
-                dtype: Any = np.float32, trace: Any = None) -> JointRefit:
+                dtype: Any = np.float32, trace: NetworkTrace | None = None) -> JointRefit:
     """Fine-tune every kept weight of ``restructured`` together (see the module docstring).
 
     Parameters
@@ -278,7 +278,7 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
         ``time.perf_counter()`` value at which to stop with the best point found so far.
     dtype : numpy dtype
         Arithmetic of the optimiser's passes (the acceptance checks are float64).
-    trace : Trace, optional
+    trace : NetworkTrace, optional
         ``original.trace(X)`` when the caller has it (a RestructureProblem's ``calibration_trace``).
 
     Examples

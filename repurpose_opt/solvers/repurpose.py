@@ -56,7 +56,6 @@ from .restructure_engine import (
 PLAN_OPTIONS: dict[str, dict[str, Any]] = {"munkres": {"restarts": 4}}
 
 
-
 def _partitioner_names(name: str, value: Any) -> tuple[str, ...]:
     """Check of the ``partitioners`` option: installed backends that solve a PartitionProblem."""
     from ..errors import InvalidParameterError
@@ -68,6 +67,7 @@ def _partitioner_names(name: str, value: Any) -> tuple[str, ...]:
         raise InvalidParameterError(f"option `{name}` must be a sequence of partition backend names among "
                                     f"{', '.join(known)}, got {value!r}")
     return tuple(names)
+
 
 class RepurposeBackend(Backend):
     """Alternating capacitated assignment and ℓ0 adjustment, layer by layer, in cascade."""
