@@ -238,3 +238,21 @@ def test_joint_refit_keeps_tolerances_support_and_never_hurts_the_output(seed, c
     # Through the cascade: same placement and volume, every solution verifies.
     full = ro.solve(problem, backend="repurpose", options={"joint_iterations": 30}, verify=True)
     assert full.objective == cascade.objective
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_joint_ridge_pulls_the_refit_toward_the_original_weights(seed):
+    rng = np.random.default_rng(seed)
+    net = ro.Network([ro.Dense(rng.normal(size=(12, 6)) / 2, rng.normal(size=12)), ro.ReLU(),
+                      ro.Dense(rng.normal(size=(8, 12)) / 3), ro.ReLU(), ro.Dense(rng.normal(size=(4, 8)))], input_shape=(6,))
+    X = rng.normal(size=(150, 6))
+    problem = ro.RestructureProblem(net, ro.Cluster(k=2), calibration=X, tolerance=0.2)
+    loose, tied = (ro.solve(problem, backend="repurpose", options={"joint_ridge": r}, verify=True) for r in (0.0, 1.0))
+
+    def distance(sol):  # over the kept weights: the pruned ones are zero whatever the prior
+        return sum(float(np.sum((W - W0)[W != 0] ** 2)) for W, W0 in
+                   ((a.W, b.W) for a, b in zip(sol.network.linear_layers, net.linear_layers, strict=True)))
+
+    assert tied.objective == loose.objective  # the prior moves weights, never the support
+    assert distance(tied) < distance(loose)
+    assert calibration_errors(net, tied.network, X)[-1] > calibration_errors(net, loose.network, X)[-1]

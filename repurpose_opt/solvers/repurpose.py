@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from ..lsq import DEFAULT_RIDGE
 from ..simulator import simulate
-from .base import Backend, BackendResult, Option, boolean, integer, offer_incumbent
+from .base import Backend, BackendResult, Option, boolean, integer, number, offer_incumbent
 from .restructure_engine import (
     JOINT_ITERATIONS,
     PLACEMENT_SHARE,
@@ -89,6 +90,9 @@ class RepurposeBackend(Backend):
         ),
         "joint_iterations": Option(JOINT_ITERATIONS, "L-BFGS iterations of the final joint refit of all layers (0: none)",
                                    check=integer(minimum=0)),
+        "joint_ridge": Option(DEFAULT_RIDGE, "prior of the final joint refit toward the original weights, relative to each "
+                              "layer's mean input Gram diagonal; raise it (1e-2 to 3e-2) when the refit overfits a small "
+                              "calibration set (see docs/restructuring.md)", check=number(minimum=0.0)),
         "partitioners": Option(("munkres",), "placement engines whose plan (of the importance-sparsified "
                                                       "network) is one more candidate per layer and one more whole cascade",
                                check=_partitioner_names),
@@ -159,7 +163,8 @@ class RepurposeBackend(Backend):
                 _offer(problem, best)
         if not best.status.has_solution:
             return best
-        return finish_cascade(problem, best, joint_iterations=int(options["joint_iterations"]), deadline=deadline,
+        return finish_cascade(problem, best, ridge=float(options["joint_ridge"]),
+                              joint_iterations=int(options["joint_iterations"]), deadline=deadline,
                               started=started)
 
 
