@@ -161,7 +161,7 @@ def test_bad_restructure_problems(kwargs, message):
         ({"importance": "yes"}, "option `importance` must be True or False, got 'yes'"),
         ({"joint_iterations": 1.5}, "option `joint_iterations`"),
         ({"joint_ridge": -1}, "option `joint_ridge` must be >= 0.0, got -1.0"),
-        ({"joint_ridge": "strong"}, "option `joint_ridge` must be a real number, got 'strong'"),
+        ({"joint_ridge": "strong"}, "option `joint_ridge` must be a real number, got 'strong' (or 'auto')"),
         ({"partitioners": ("nope",)}, "option `partitioners` must be a sequence of partition backend names"),
         ({"partitioners": 3}, "option `partitioners` must be a sequence of partition backend names"),
     ],

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 import repurpose_opt as ro
 from repurpose_opt.api import _finish
-from repurpose_opt.lsq import design_matrix
+from repurpose_opt.lsq import blas_threads, design_matrix
 from repurpose_opt.problems.restructure import calibration_errors
 from repurpose_opt.pruning import solve_pruning_greedy
-from repurpose_opt.solvers.joint_refit import _Model, joint_refit
+from repurpose_opt.solvers.joint_refit import MIN_SAMPLES_TO_CHOOSE, RIDGE_CANDIDATES, _Model, choose_ridge, joint_refit
 
 
 def _problem(seed: int, conv: bool = False, tolerance=None, budget=None, nnz=None, replicated=False):
@@ -256,3 +256,36 @@ def test_joint_ridge_pulls_the_refit_toward_the_original_weights(seed):
     assert tied.objective == loose.objective  # the prior moves weights, never the support
     assert distance(tied) < distance(loose)
     assert calibration_errors(net, tied.network, X)[-1] > calibration_errors(net, loose.network, X)[-1]
+
+
+def test_joint_ridge_auto_is_the_held_out_choice_then_the_ordinary_refit():
+    rng = np.random.default_rng(3)
+    net = ro.Network([ro.Dense(rng.normal(size=(12, 6)) / 2, rng.normal(size=12)), ro.ReLU(),
+                      ro.Dense(rng.normal(size=(8, 12)) / 3), ro.ReLU(), ro.Dense(rng.normal(size=(4, 8)))], input_shape=(6,))
+    X = rng.normal(size=(150, 6))
+    problem = ro.RestructureProblem(net, ro.Cluster(k=2), calibration=X, tolerance=0.2)
+    auto = ro.solve(problem, backend="repurpose", options={"joint_ridge": "auto"}, verify=True)
+    stats = auto.stats["joint_refit"]
+    held_out = stats["held_out_error_per_ridge"]
+    assert sorted(float(r) for r in held_out) == sorted(RIDGE_CANDIDATES)
+    assert stats["ridge"] == min(RIDGE_CANDIDATES, key=lambda r: (held_out[f"{r:g}"], r))
+    # The same choice by hand: 30 of the 150 samples held out, one refit per candidate on the other 120.
+    cascade = ro.solve(problem, backend="repurpose", options={"joint_iterations": 0})
+    held = np.arange(4, 150, 5)
+    fit = np.setdiff1d(np.arange(150), held)
+    for ridge in RIDGE_CANDIDATES:
+        with blas_threads(net):  # as the solve runs it: the same float32 sums
+            refit = joint_refit(net, cascade.network, X[fit], problem.tolerances, ridge=ridge, max_iter=400)
+        error = np.linalg.norm(refit.network.forward(X[held]) - net.forward(X[held])) / np.linalg.norm(net.forward(X[held]))
+        assert error == pytest.approx(held_out[f"{ridge:g}"], rel=1e-12)
+    # ... then the ordinary refit on all samples with the chosen prior.
+    chosen = ro.solve(problem, backend="repurpose", options={"joint_ridge": stats["ridge"]})
+    for a, b in zip(auto.network.linear_layers, chosen.network.linear_layers, strict=True):
+        assert np.array_equal(a.W, b.W) and np.array_equal(a.b, b.b)
+
+
+def test_choose_ridge_keeps_the_default_below_its_sample_minimum():
+    rng = np.random.default_rng(0)
+    net = ro.Network([ro.Dense(rng.normal(size=(6, 4))), ro.ReLU(), ro.Dense(rng.normal(size=(3, 6)))], input_shape=(4,))
+    X = rng.normal(size=(MIN_SAMPLES_TO_CHOOSE - 1, 4))
+    assert choose_ridge(net, net, X, [0.1, 0.1]) == (RIDGE_CANDIDATES[0], {})

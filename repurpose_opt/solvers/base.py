@@ -166,18 +166,20 @@ def integer(minimum: int | None = None, maximum: int | None = None, *, auto: boo
     return check
 
 
-def number(minimum: float | None = None, maximum: float | None = None, *, strictly_positive: bool = False, none: bool = False):
-    """Check: a finite real number in range (``None`` also accepted when asked)."""
+def number(minimum: float | None = None, maximum: float | None = None, *, strictly_positive: bool = False,
+           auto: bool = False, none: bool = False):
+    """Check: a finite real number in range (``"auto"`` or ``None`` also accepted when asked)."""
     from .._validation import as_float
     from ..errors import InvalidParameterError
 
     def check(name: str, value: Any) -> Any:
-        if none and value is None:
+        if (auto and value == "auto" and isinstance(value, str)) or (none and value is None):
             return value
         try:
             return as_float(name, value, minimum=minimum, maximum=maximum, strictly_positive=strictly_positive)
         except InvalidParameterError as exc:
-            raise _option_error(InvalidParameterError(f"{exc}{' (or None)' if none else ''}")) from None
+            also = " (or 'auto')" if auto else (" (or None)" if none else "")
+            raise _option_error(InvalidParameterError(f"{exc}{also}")) from None
 
     return check
 

@@ -118,15 +118,17 @@ def capacitated_assignment(cost: np.ndarray, capacity: np.ndarray, *, method: st
         raise InvalidParameterError(f"`capacity` must add up to at least {n} rows, got {int(capacity.sum())}")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    integral = bool(np.all(cost == np.round(cost))) and float(np.max(np.abs(cost), initial=0.0)) * n < 2**52
+    def integral() -> bool:  # asked only off the Hungarian path: the sweeps call this thousands of times
+        return bool(np.all(cost == np.round(cost))) and float(np.max(np.abs(cost), initial=0.0)) * n < 2**52
+
     if method == "auto":
         if n <= HUNGARIAN_MAX_ROWS:
             method = "hungarian"
-        elif integral and importlib.util.find_spec("ortools") is not None:
+        elif integral() and importlib.util.find_spec("ortools") is not None:
             method = "flow"
         else:
             method = "lp"
-    if method == "flow" and not integral:
+    if method == "flow" and not integral():
         raise InvalidParameterError("`method`='flow' needs integer costs; use 'lp' or 'hungarian'")
     if method == "hungarian":
         from scipy.optimize import linear_sum_assignment

@@ -228,22 +228,31 @@ def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, t
                           started=started)
 
 
-def finish_cascade(problem: Any, result: BackendResult, *, ridge: float = DEFAULT_RIDGE,
+def finish_cascade(problem: Any, result: BackendResult, *, ridge: float | str = DEFAULT_RIDGE,
                    joint_iterations: int = JOINT_ITERATIONS, deadline: float | None = None,
                    started: float | None = None) -> BackendResult:
-    """The joint refit (:mod:`.joint_refit`) and the guarantee of a cascade's result (in place)."""
+    """The joint refit (:mod:`.joint_refit`) and the guarantee of a cascade's result (in place).
+
+    ``ridge="auto"``: the refit's prior is chosen on held-out calibration samples (:func:`.joint_refit.choose_ridge`).
+    """
     network, stats = problem.network, result.stats
     started = time.perf_counter() if started is None else started
     with blas_threads(network):
         if joint_iterations > 0 and network.n_layers > 1 and not (deadline is not None and time.perf_counter() > deadline):
-            from .joint_refit import joint_refit
+            from .joint_refit import choose_ridge, joint_refit
 
-            refit = joint_refit(network, result.network, problem.calibration, problem.tolerances, ridge=ridge,
+            held_out = None
+            if ridge == "auto":
+                ridge, held_out = choose_ridge(network, result.network, problem.calibration, problem.tolerances,
+                                               max_iter=joint_iterations, deadline=deadline)
+            refit = joint_refit(network, result.network, problem.calibration, problem.tolerances, ridge=float(ridge),
                                 max_iter=joint_iterations, deadline=deadline, trace=problem.calibration_trace)
             result.network = refit.network
             stats["joint_refit"] = {"accepted": refit.accepted, "output_error_before": refit.output_error_before,
                                     "output_error_after": refit.output_error_after, "iterations": refit.iterations,
-                                    "evaluations": refit.evaluations, "stopped": refit.reason}
+                                    "evaluations": refit.evaluations, "stopped": refit.reason, "ridge": float(ridge)}
+            if held_out is not None:
+                stats["joint_refit"]["held_out_error_per_ridge"] = {f"{r:g}": e for r, e in held_out.items()}
             if not np.isfinite(refit.output_error_before):  # skipped before measuring anything (work budget)
                 del stats["joint_refit"]["output_error_before"], stats["joint_refit"]["output_error_after"]
             stats.setdefault("timings", {})["joint_refit"] = refit.seconds
