@@ -446,12 +446,13 @@ def choose_ridge(original: Network, restructured: Network, X: np.ndarray, caps: 
     fit = np.setdiff1d(np.arange(n), held)
     reference = original.forward(X[held])
     scale = max(float(np.linalg.norm(reference)), 1e-300)
+    trace = original.trace(X[fit])  # the targets of every candidate's refit
     errors: dict[float, float] = {}
     for ridge in candidates:
         if deadline is not None and time.perf_counter() > deadline:
-            break
+            break  # with a time limit the candidates' refits and the final one share what is left
         refit = joint_refit(original, restructured, X[fit], caps, ridge=float(ridge), max_iter=max_iter,
-                            max_flops=max_flops, deadline=deadline)
+                            max_flops=max_flops, deadline=deadline, trace=trace)
         errors[float(ridge)] = float(np.linalg.norm(refit.network.forward(X[held]) - reference)) / scale
     if not errors:
         return float(candidates[0]), errors
