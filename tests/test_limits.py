@@ -109,6 +109,17 @@ def test_restructure_time_limit_covers_placement_and_cascade(restructure, backen
     assert sol.guarantee is not None
 
 
+def test_joint_ridge_auto_shares_the_time_limit(restructure):
+    """The held-out refits that choose the prior count against the limit like every other step."""
+    limit = 2.0
+    started = time.perf_counter()
+    sol = ro.solve(restructure, "repurpose", time_limit=limit, seed=0, options={"joint_ridge": "auto"}, verify=True)
+    elapsed = time.perf_counter() - started
+    assert _within(elapsed, limit), f"repurpose took {elapsed:.2f} s with a {limit} s limit"
+    assert sol.status is ro.Status.FEASIBLE and sol.stats["time_limit_reached"], sol.message
+    assert sol.guarantee is not None
+
+
 def _pruning(n_in: int, n_out: int, k: int, samples: int) -> ro.PruningProblem:
     rng = np.random.default_rng(0)
     layer = ro.Dense(rng.normal(size=(n_out, n_in)), rng.normal(size=n_out))

@@ -405,7 +405,8 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
         if np.all(errors <= caps) and errors[-1] < before[-1]:
             return result(candidate, True, errors, iterations, best["evals"], reason)
         theta = 0.5 * (theta + theta0)
-    return result(restructured, False, before, iterations, best["evals"], "no improvement within the caps")
+    return result(restructured, False, before, iterations, best["evals"],
+                  "time limit" if reason == "time limit" else "no improvement within the caps")
 
 
 def choose_ridge(original: Network, restructured: Network, X: np.ndarray, caps: Any, *, max_iter: int = 100,
@@ -448,11 +449,15 @@ def choose_ridge(original: Network, restructured: Network, X: np.ndarray, caps: 
     scale = max(float(np.linalg.norm(reference)), 1e-300)
     trace = original.trace(X[fit])  # the targets of every candidate's refit
     errors: dict[float, float] = {}
-    for ridge in candidates:
-        if deadline is not None and time.perf_counter() > deadline:
-            break  # with a time limit the candidates' refits and the final one share what is left
+    for i, ridge in enumerate(candidates):
+        own = None  # with a time limit, an equal share of what is left for each refit still to run, the final one included
+        if deadline is not None:
+            now = time.perf_counter()
+            if now > deadline:
+                break
+            own = now + (deadline - now) / (len(candidates) - i + 1)
         refit = joint_refit(original, restructured, X[fit], caps, ridge=float(ridge), max_iter=max_iter,
-                            max_flops=max_flops, deadline=deadline, trace=trace)
+                            max_flops=max_flops, deadline=own, trace=trace)
         errors[float(ridge)] = float(np.linalg.norm(refit.network.forward(X[held]) - reference)) / scale
     if not errors:
         return float(candidates[0]), errors
