@@ -81,10 +81,10 @@ def measure(network: ro.Network, calibration: np.ndarray, tolerance, fresh: tupl
            "seconds": seconds, "pairs_per_layer": [entry["pairs"] for entry in sol.stats["layers"]],
            "joint_refit": sol.stats.get("joint_refit")}  # with joint_ridge="auto": the prior chosen and why
     row["loss_standard_error_pt"] = standard_error_pt(row, len(y))
+    chosen = f"  ρ = {row['joint_refit']['ridge']:g}" if (options or {}).get("joint_ridge") == "auto" else ""
     print(f"{str(labels):34s} {str(tolerance):18s} {row['volume']:6.0f} {row['ratio_vs_direct']:6.2f} "
           f"{row['calibration_output_error']:7.4f} {row['fresh_output_error']:7.4f} {row['agreement']:6.3f} "
-          f"{row['accuracy_loss_pt']:6.2f} ± {row['loss_standard_error_pt']:.2f}  {seconds:5.1f} s"
-          f"{'  ρ = {:g}'.format(row['joint_refit']['ridge']) if (options or {}).get('joint_ridge') == 'auto' else ''}", flush=True)
+          f"{row['accuracy_loss_pt']:6.2f} ± {row['loss_standard_error_pt']:.2f}  {seconds:5.1f} s{chosen}", flush=True)
     return row
 
 

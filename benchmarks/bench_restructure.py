@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import time
@@ -86,6 +87,7 @@ def standard_error_pt(row, n_test: int) -> float:
     return 100.0 * np.sqrt(changed) / n_test
 
 
+@functools.cache  # drawing the 12,500 samples takes seconds; the sweep and its tables ask for them more than once
 def held_out(model_name: str):
     """The zoo model, its mnist1d test split replaced by 12,500 fresh generator samples (see the module docstring)."""
     model = zoo.load(model_name)

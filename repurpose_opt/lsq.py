@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.linalg import cholesky, solve_triangular
+from scipy import linalg
 
-# The factorisations and triangular solves below pass check_finite=False: every matrix they see is built
-# from a Gram matrix of calibration data whose finiteness and energy the problem checked on construction
-# (problems/_common.py), and scipy's scan of every argument took ~0.04 s of the ~1 s digits MLP
+# The factorisations and triangular solves below skip scipy's finiteness scan: every matrix they see is
+# built from a Gram matrix of calibration data whose finiteness and energy the problem checked on
+# construction (problems/_common.py), and the scan of every argument took ~0.04 s of the ~1 s digits MLP
 # restructuring (K = 4, tolerance 0.05: thousands of small solves).
+cholesky = partial(linalg.cholesky, check_finite=False)
+solve_triangular = partial(linalg.solve_triangular, check_finite=False)
 
 __all__ = ["LayerData", "WorkerFit", "InverseFit", "layer_data", "blas_threads"]
 
@@ -158,7 +161,7 @@ def _robust_cholesky(matrix: np.ndarray) -> np.ndarray:
     scale = float(np.mean(np.diag(matrix))) if matrix.size else 1.0
     for _ in range(8):
         try:
-            return cholesky(matrix + jitter * np.eye(matrix.shape[0]), lower=True, check_finite=False)
+            return cholesky(matrix + jitter * np.eye(matrix.shape[0]), lower=True)
         except np.linalg.LinAlgError:
             jitter = max(jitter * 100, 1e-12 * scale)
     raise np.linalg.LinAlgError("Gram block is not positive definite even with jitter")
@@ -187,8 +190,8 @@ class WorkerFit:
         self._reserve(size + 64)
         self._size = size
         self._L[:size, :size] = L
-        self._B[:size] = solve_triangular(L, data.G[self.support, :], lower=True, check_finite=False)
-        self._Q[:, :size] = solve_triangular(L, self.C[:, self.support].T, lower=True, check_finite=False).T
+        self._B[:size] = solve_triangular(L, data.G[self.support, :], lower=True)
+        self._Q[:, :size] = solve_triangular(L, self.C[:, self.support].T, lower=True).T
         self.R = self.C - self.Q @ self.B
         self._remaining = np.diag(data.G) - np.einsum("sf,sf->f", self.B, self.B)
         self._fitted = float(np.einsum("rs,rs->", self.Q, self.Q))
@@ -288,7 +291,7 @@ class WorkerFit:
         B_c = self.B[:, cols]
         schur = data.G[np.ix_(cols, cols)] - B_c.T @ B_c
         try:
-            D = cholesky(schur, lower=True, check_finite=False)
+            D = cholesky(schur, lower=True)
             if np.min(np.diag(D)) ** 2 <= 1e-14 * float(np.max(np.diag(data.G)[cols])):
                 raise np.linalg.LinAlgError("nearly dependent block")
         except np.linalg.LinAlgError:
@@ -298,8 +301,8 @@ class WorkerFit:
             else:
                 self.reset(self.groups + list(groups))
             return
-        new_B = solve_triangular(D, data.G[cols, :] - B_c.T @ self.B, lower=True, check_finite=False)
-        Q_c = solve_triangular(D, self.R[:, cols].T, lower=True, check_finite=False).T
+        new_B = solve_triangular(D, data.G[cols, :] - B_c.T @ self.B, lower=True)
+        Q_c = solve_triangular(D, self.R[:, cols].T, lower=True).T
         size = self._size
         if size + width > self._L.shape[0]:
             self._reserve(2 * (size + width))
@@ -319,7 +322,7 @@ class WorkerFit:
         """Refit coefficients (rows × (F+1)), zero outside the support."""
         coef = np.zeros((self.rows.size, self.data.n_features))
         if self.rows.size:
-            coef[:, self.support] = solve_triangular(self.L, self.Q.T, lower=True, trans="T", check_finite=False).T
+            coef[:, self.support] = solve_triangular(self.L, self.Q.T, lower=True, trans="T").T
         return coef
 
     def removal_losses(self, groups: list[int]) -> np.ndarray:
@@ -330,7 +333,7 @@ class WorkerFit:
         if self._losses is not None and self._losses[0] == key:
             return self._losses[1]
         eye = np.eye(self._size)
-        L_inv = solve_triangular(self.L, eye, lower=True, check_finite=False)
+        L_inv = solve_triangular(self.L, eye, lower=True)
         inverse = L_inv.T @ L_inv  # G_SS⁻¹
         coef = self.Q @ L_inv  # C_S G_SS⁻¹
         position = np.full(self.data.n_features, -1, dtype=np.int64)
@@ -360,7 +363,7 @@ class InverseFit:
 
     def __init__(self, fit: WorkerFit):
         size = fit.L.shape[0]
-        L_inv = solve_triangular(fit.L, np.eye(size), lower=True, check_finite=False)
+        L_inv = solve_triangular(fit.L, np.eye(size), lower=True)
         self.inverse = L_inv.T @ L_inv
         self.coef = fit.Q @ L_inv
         self.support = fit.support.copy()

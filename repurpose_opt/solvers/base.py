@@ -139,6 +139,22 @@ def _option_error(exc: Exception) -> Exception:
     return InvalidParameterError(f"option {exc}")
 
 
+def _scalar_check(convert: Any, *, auto: bool = False, none: bool = False):
+    """A check that converts with ``convert(name, value)``, passing ``"auto"`` / ``None`` through when asked."""
+    from ..errors import InvalidParameterError
+
+    def check(name: str, value: Any) -> Any:
+        if (auto and isinstance(value, str) and value == "auto") or (none and value is None):
+            return value
+        try:
+            return convert(name, value)
+        except InvalidParameterError as exc:
+            also = " (or 'auto')" if auto else (" (or None)" if none else "")
+            raise _option_error(InvalidParameterError(f"{exc}{also}")) from None
+
+    return check
+
+
 def integer(minimum: int | None = None, maximum: int | None = None, *, auto: bool = False, none: bool = False):
     """Check: an integer in range (``"auto"`` or ``None`` also accepted when asked).
 
@@ -152,53 +168,24 @@ def integer(minimum: int | None = None, maximum: int | None = None, *, auto: boo
     repurpose_opt.errors.InvalidParameterError: option `max_sweeps` must be an integer, got 'many'
     """
     from .._validation import as_int
-    from ..errors import InvalidParameterError
 
-    def check(name: str, value: Any) -> Any:
-        if (auto and value == "auto" and isinstance(value, str)) or (none and value is None):
-            return value
-        try:
-            return as_int(name, value, minimum=minimum, maximum=maximum)
-        except InvalidParameterError as exc:
-            also = " (or 'auto')" if auto else (" (or None)" if none else "")
-            raise _option_error(InvalidParameterError(f"{exc}{also}")) from None
-
-    return check
+    return _scalar_check(lambda name, value: as_int(name, value, minimum=minimum, maximum=maximum), auto=auto, none=none)
 
 
 def number(minimum: float | None = None, maximum: float | None = None, *, strictly_positive: bool = False,
            auto: bool = False, none: bool = False):
     """Check: a finite real number in range (``"auto"`` or ``None`` also accepted when asked)."""
     from .._validation import as_float
-    from ..errors import InvalidParameterError
 
-    def check(name: str, value: Any) -> Any:
-        if (auto and value == "auto" and isinstance(value, str)) or (none and value is None):
-            return value
-        try:
-            return as_float(name, value, minimum=minimum, maximum=maximum, strictly_positive=strictly_positive)
-        except InvalidParameterError as exc:
-            also = " (or 'auto')" if auto else (" (or None)" if none else "")
-            raise _option_error(InvalidParameterError(f"{exc}{also}")) from None
-
-    return check
+    return _scalar_check(lambda name, value: as_float(name, value, minimum=minimum, maximum=maximum,
+                                                      strictly_positive=strictly_positive), auto=auto, none=none)
 
 
 def boolean(*, auto: bool = False):
     """Check: True or False (``"auto"`` also accepted when asked)."""
     from .._validation import as_bool
-    from ..errors import InvalidParameterError
 
-    def check(name: str, value: Any) -> Any:
-        if auto and isinstance(value, str) and value == "auto":
-            return value
-        try:
-            return as_bool(name, value)
-        except InvalidParameterError as exc:
-            also = " (or 'auto')" if auto else ""
-            raise _option_error(InvalidParameterError(f"{exc}{also}")) from None
-
-    return check
+    return _scalar_check(as_bool, auto=auto)
 
 
 def choice(*values: str):
