@@ -20,12 +20,17 @@ Sections:
    ``joint_ridge`` 1e-2, 3e-2 and "auto", chosen on held-out calibration samples, against the default 1e-3) on
    the first 1000 samples (3e-2 and "auto" also on the five random draws), and on the digits MLP (its
    standard test split) to show the other side;
-5. **training**: the same architecture, data and recipe (scikit-learn ``MLPClassifier``, 300 iterations,
+5. **boundary**: the final joint refit also fitting the original's logits on inputs at its decision
+   boundaries, made from pairs of calibration samples it classifies differently (``repurpose`` option
+   ``joint_boundary``, 3000 and 8000 of them) on the first 1000 samples and the five random draws, and on
+   the digits MLP;
+6. **training**: the same architecture, data and recipe (scikit-learn ``MLPClassifier``, 300 iterations,
    ``random_state=0``, one BLAS thread) trained with more weight decay ``alpha`` than the shipped model's
    1e-4 (outside the setting: another model).
 
 Run:  flock /tmp/repurpose-bench.lock python benchmarks/bench_mnist1d_limits.py [--out benchmarks/results]
-Prints one table per section and writes ``mnist1d_limits.json``.
+Prints one table per section and writes ``mnist1d_limits.json`` (with ``--skip``, the sections not run keep
+their rows from the file already there).
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ K = 4
 #: Priors of the joint refit tried in section 4, against the default :data:`repurpose_opt.lsq.DEFAULT_RIDGE`
 #: ("auto": chosen on held-out calibration samples).
 RIDGES = (1e-2, 3e-2, "auto")
+#: Boundary samples added to the joint refit in section 5.
+BOUNDARY = (3000, 8000)
+SECTIONS = ("frontier", "split", "calibration", "ridge", "boundary", "training")
 
 
 def direct_volume(network: ro.Network) -> float:
@@ -97,9 +105,11 @@ def header(title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: frontier,split,calibration,ridge,training")
+    parser.add_argument("--skip", default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if skip - set(SECTIONS):
+        parser.error(f"unknown sections {sorted(skip - set(SECTIONS))}; choose among {', '.join(SECTIONS)}")
     model, held = zoo.load("mnist1d_mlp"), held_out("mnist1d_mlp")  # held: its test split is the fresh samples
     fresh = (held.X_test, held.y_test)
     calibration = model.calibration(1000)
@@ -139,6 +149,18 @@ def main() -> None:
         results["ridge"] += [measure(digits.network, digits.calibration(1000), t, (digits.X_test, digits.y_test),
                                      direct_volume(digits.network), {"joint_ridge": ridge}, section=f"digits, joint_ridge={ridge}")
                              for t in (0.05, 0.1, 0.2) for ridge in (DEFAULT_RIDGE, *RIDGES)]
+    if "boundary" not in skip:
+        header("5. boundary: the joint refit also fits the original on its decision boundaries (option joint_boundary)")
+        results["boundary"] = [measure(model.network, calibration, [1.0, t, t], fresh, direct, {"joint_boundary": m},
+                                       section=f"joint_boundary={m}") for t in (0.12, 0.13, 0.14) for m in BOUNDARY]
+        draws = [model.X_train[np.random.default_rng(seed).permutation(len(model.X_train))[:1000]] for seed in range(5)]
+        results["boundary"] += [measure(model.network, draw, [1.0, t, t], fresh, direct, {"joint_boundary": BOUNDARY[0]},
+                                        section=f"joint_boundary={BOUNDARY[0]}, random 1000, seed {seed}")
+                                for t in (0.12, 0.13) for seed, draw in enumerate(draws)]
+        digits = zoo.load("digits_mlp")
+        results["boundary"] += [measure(digits.network, digits.calibration(1000), t, (digits.X_test, digits.y_test),
+                                        direct_volume(digits.network), {"joint_boundary": m}, section=f"digits, joint_boundary={m}")
+                                for t in (0.05, 0.1, 0.2) for m in (0, BOUNDARY[0])]
     if "training" not in skip:
         results["training"] = []
         for alpha in (1e-2, 1e-1, 1.0):
@@ -146,14 +168,17 @@ def main() -> None:
             network = train(alpha, model.X_train, model.y_train)
             entry = {"alpha": alpha, "training_seconds": time.perf_counter() - started, "accuracy": accuracies(network),
                      "direct_volume": direct_volume(network)}
-            header(f"5. training: weight decay alpha = {alpha:g} (accuracy {entry['accuracy']})")
+            header(f"6. training: weight decay alpha = {alpha:g} (accuracy {entry['accuracy']})")
             entry["rows"] = [measure(network, calibration, [1.0, t, t], fresh, entry["direct_volume"], section=f"alpha={alpha:g}")
                              for t in (0.12, 0.14, 0.16, 0.2)]
             results["training"].append(entry)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "mnist1d_limits.json").write_text(json.dumps(results, indent=1, default=float))
-    print(f"\nwrote {out / 'mnist1d_limits.json'}")
+    path = out / "mnist1d_limits.json"
+    if skip and path.exists():  # a partial run updates the sections it ran
+        results = json.loads(path.read_text()) | results
+    path.write_text(json.dumps(results, indent=1, default=float))
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -162,6 +162,7 @@ def test_bad_restructure_problems(kwargs, message):
         ({"joint_iterations": 1.5}, "option `joint_iterations`"),
         ({"joint_ridge": -1}, "option `joint_ridge` must be >= 0.0, got -1.0"),
         ({"joint_ridge": "strong"}, "option `joint_ridge` must be a real number, got 'strong' (or 'auto')"),
+        ({"joint_boundary": -1}, "option `joint_boundary` must be >= 0, got -1"),
         ({"partitioners": ("nope",)}, "option `partitioners` must be a sequence of partition backend names"),
         ({"partitioners": 3}, "option `partitioners` must be a sequence of partition backend names"),
     ],
@@ -170,6 +171,13 @@ def test_bad_repurpose_options(options, message):
     problem = ro.RestructureProblem(_net(), ro.Cluster(k=2), calibration=np.ones((10, 3)), tolerance=0.1)
     with raises(ro.InvalidParameterError, message):
         ro.solve(problem, backend="repurpose", options=options)
+
+
+def test_joint_boundary_needs_a_classifier():
+    regressor = ro.Network([ro.Dense(np.ones((4, 3))), ro.ReLU(), ro.Dense(np.ones((1, 4)))], input_shape=(3,))
+    problem = ro.RestructureProblem(regressor, ro.Cluster(k=1), calibration=np.ones((10, 3)), tolerance=0.1)
+    with raises(ro.InvalidParameterError, "option `joint_boundary` needs a classifier (at least 2 outputs); this network has 1 output"):
+        ro.solve(problem, backend="repurpose", options={"joint_boundary": 10})
 
 
 def test_bad_pruning_problems(rng):

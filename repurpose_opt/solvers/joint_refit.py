@@ -35,7 +35,7 @@ from ..lsq import DEFAULT_RIDGE, design_matrix
 from ..network import Network, NetworkTrace
 from ..problems.restructure import calibration_errors
 
-__all__ = ["JointRefit", "joint_refit", "choose_ridge", "evaluation_flops", "WORK_BUDGET"]
+__all__ = ["JointRefit", "joint_refit", "choose_ridge", "evaluation_flops", "affordable_evaluations", "WORK_BUDGET"]
 
 #: Weight of the hinge penalty that keeps every layer within its allowance while the optimiser runs.
 PENALTY = 100.0
@@ -260,9 +260,15 @@ def evaluation_flops(network: Network, n_samples: int) -> float:
     return 3.0 * forward * n_samples
 
 
+def affordable_evaluations(network: Network, n_samples: int, max_flops: float = WORK_BUDGET) -> int:
+    """Objective evaluations on ``n_samples`` that the work budget ``max_flops`` pays for (the refit is skipped
+    below :data:`MIN_EVALUATIONS`)."""
+    return int(max_flops // max(evaluation_flops(network, n_samples), 1.0))
+
+
 def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: Any, *, ridge: float = DEFAULT_RIDGE,
                 max_iter: int = 100, max_flops: float = WORK_BUDGET, deadline: float | None = None,
-                dtype: Any = np.float32, trace: NetworkTrace | None = None) -> JointRefit:
+                dtype: Any = np.float32, trace: NetworkTrace | None = None, extra: np.ndarray | None = None) -> JointRefit:
     """Fine-tune every kept weight of ``restructured`` together (see the module docstring).
 
     Parameters
@@ -287,6 +293,11 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
         Arithmetic of the optimiser's passes (the acceptance checks are float64).
     trace : NetworkTrace, optional
         ``original.trace(X)`` when the caller has it (a RestructureProblem's ``calibration_trace``).
+    extra : ndarray, optional
+        More inputs for the output term only (e.g. :func:`repurpose_opt.boundary.boundary_samples`): the
+        output error is measured on ``X`` and ``extra`` together, while the caps, the hinge and the
+        acceptance stay on ``X``. The number of evaluations is set by ``X`` alone, so each one costs
+        ``(len(X) + len(extra)) / len(X)`` times more.
 
     Examples
     --------
@@ -304,7 +315,7 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
     """
     started = time.perf_counter()
     L = original.n_layers
-    evaluations = int(max_flops // max(evaluation_flops(restructured, X.shape[0]), 1.0))
+    evaluations = affordable_evaluations(restructured, X.shape[0], max_flops)
     if evaluations < MIN_EVALUATIONS:  # decided before any pass over the data (2 s on a 512-2048-2048-10 MLP)
         return JointRefit(restructured, False, float("nan"), float("nan"), (), 0, 0, time.perf_counter() - started,
                           f"over the work budget ({evaluations} evaluations affordable)")
@@ -324,12 +335,18 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
 
     if not any(free) or energy[-1] <= 0 or before[-1] <= EXACT:
         return result(restructured, False, before, 0, 0, "nothing to refit")
-    model = _Model(restructured, X, free, dtype)
+    n, inputs = X.shape[0], X
+    out_target, out_energy = targets[-1], energy[-1]
+    if extra is not None and len(extra):
+        extra_out = original.forward(np.asarray(extra, dtype=np.float64))
+        out_target = np.concatenate([out_target, extra_out.astype(dtype)])
+        out_energy += float(np.sum(extra_out**2))
+        inputs = np.concatenate([X, extra])
+    model = _Model(restructured, inputs, free, dtype)
     theta0 = model.pack(restructured)
     prior = model.pack(original)
     # ρ_l per unit of ||Z_l||²: the least-squares refit's prior, on the joint objective's relative scale.
     weight = np.zeros_like(theta0)
-    n = X.shape[0]
     for l in range(L):
         if not free[l] or energy[l] <= 0:
             continue
@@ -348,21 +365,23 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
         weights = model.weights(theta)
         pre, caches = model.forward(weights)
         grads_z: list[np.ndarray | None] = [None] * L
-        residual = pre[-1] - targets[-1]
-        value = float(np.sum(residual.astype(np.float64) ** 2)) / energy[-1]
+        residual = pre[-1] - out_target
+        value = float(np.sum(residual.astype(np.float64) ** 2)) / out_energy
         # A Python float factor: a NumPy float64 scalar would promote the whole backward pass to float64 (NEP 50).
-        grads_z[-1] = (2.0 / float(energy[-1])) * residual
+        grads_z[-1] = (2.0 / float(out_energy)) * residual
         # The output's own error is the objective (acceptance requires it to drop); hidden layers get the hinge.
         for l in range(L - 1):
             if not free[l] and not any(free[:l]):
                 continue  # a frozen layer fed by frozen layers keeps its error
-            r = pre[l] - targets[l]
+            r = pre[l][:n] - targets[l]  # the caps hold on the calibration samples, not on `extra`
             err = float(np.sum(r.astype(np.float64) ** 2))
             if err > bounds[l]:
                 excess = (err - bounds[l]) / bounds[l]
                 value += PENALTY * excess**2
                 factor = min(PENALTY * 4 * excess / bounds[l], 1e30)  # finite in float32 whatever the cap
                 grads_z[l] = (factor * r).astype(dtype)
+                if pre[l].shape[0] > n:
+                    grads_z[l] = np.concatenate([grads_z[l], np.zeros((pre[l].shape[0] - n,) + r.shape[1:], dtype=dtype)])
         gradient = model.gradient(model.backward(weights, caches, grads_z))
         delta = theta - prior
         value += float(np.sum(weight * delta * delta))

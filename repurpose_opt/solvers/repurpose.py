@@ -94,6 +94,12 @@ class RepurposeBackend(Backend):
                               "layer's mean input Gram diagonal; larger (1e-2 to 3e-2) when the refit overfits a small "
                               "calibration set; 'auto': the best of 1e-3, 1e-2, 3e-2 on a fifth of the calibration "
                               "samples held out (three more refits)", check=number(minimum=0.0, auto=True)),
+        "joint_boundary": Option(0, "inputs on the original classifier's decision boundaries, made from pairs of calibration "
+                                 "samples it classifies differently (repurpose_opt.boundary), added to the final joint "
+                                 "refit's output term (the tolerances still hold on the calibration samples); for a "
+                                 "classifier that overfits its calibration samples (mnist1d MLP: 3000 lower the logit "
+                                 "error on fresh samples by ~17 %), not for one that does not (digits MLP: higher)",
+                                 check=integer(minimum=0)),
         "partitioners": Option(("munkres",), "placement engines whose plan (of the importance-sparsified "
                                                       "network) is one more candidate per layer and one more whole cascade",
                                check=_partitioner_names),
@@ -102,6 +108,11 @@ class RepurposeBackend(Backend):
     def solve(self, problem: Any, *, time_limit: float | None, seed: int | None, options: dict[str, Any]) -> BackendResult:
         started = time.perf_counter()
         deadline = None if time_limit is None else started + time_limit
+        if options["joint_boundary"] and problem.network.n_outputs < 2:
+            from ..errors import InvalidParameterError
+
+            raise InvalidParameterError(f"option `joint_boundary` needs a classifier (at least 2 outputs); this network has "
+                                        f"{problem.network.n_outputs} output")
         chain = importance_chain(problem, problem.calibration_trace.activations)
         first = first_layer_placement(problem, chain[0])
         plans = []
@@ -166,7 +177,7 @@ class RepurposeBackend(Backend):
             return best
         return finish_cascade(problem, best, ridge=options["joint_ridge"],
                               joint_iterations=int(options["joint_iterations"]), deadline=deadline,
-                              started=started)
+                              started=started, boundary=int(options["joint_boundary"]), seed=0 if seed is None else seed)
 
 
 def _adjust_cost(n_out: int, n_in: int, k: int) -> int:

@@ -230,27 +230,37 @@ def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, t
 
 def finish_cascade(problem: Any, result: BackendResult, *, ridge: float | str = DEFAULT_RIDGE,
                    joint_iterations: int = JOINT_ITERATIONS, deadline: float | None = None,
-                   started: float | None = None) -> BackendResult:
+                   started: float | None = None, boundary: int = 0, seed: int = 0) -> BackendResult:
     """The joint refit (:mod:`.joint_refit`) and the guarantee of a cascade's result (in place).
 
-    ``ridge="auto"``: the refit's prior is chosen on held-out calibration samples (:func:`.joint_refit.choose_ridge`).
+    ``ridge="auto"``: the refit's prior is chosen on held-out calibration samples (:func:`.joint_refit.choose_ridge`,
+    without boundary samples). ``boundary``: that many :func:`repurpose_opt.boundary.boundary_samples` of the
+    calibration set (``seed``) join the refit's output term.
     """
     network, stats = problem.network, result.stats
     started = time.perf_counter() if started is None else started
     with blas_threads(network):
         if joint_iterations > 0 and network.n_layers > 1 and not (deadline is not None and time.perf_counter() > deadline):
-            from .joint_refit import choose_ridge, joint_refit
+            from .joint_refit import MIN_EVALUATIONS, affordable_evaluations, choose_ridge, joint_refit
 
             held_out = None
             if ridge == "auto":
                 ridge, held_out = choose_ridge(network, result.network, problem.calibration, problem.tolerances,
                                                max_iter=joint_iterations, deadline=deadline)
+            extra = None
+            # Only for a refit that will run: making them costs ~20 passes over them.
+            if boundary and affordable_evaluations(result.network, len(problem.calibration)) >= MIN_EVALUATIONS:
+                from ..boundary import boundary_samples
+
+                extra = boundary_samples(network, problem.calibration, boundary, seed=seed)
             refit = joint_refit(network, result.network, problem.calibration, problem.tolerances, ridge=float(ridge),
-                                max_iter=joint_iterations, deadline=deadline, trace=problem.calibration_trace)
+                                max_iter=joint_iterations, deadline=deadline, trace=problem.calibration_trace, extra=extra)
             result.network = refit.network
             stats["joint_refit"] = {"accepted": refit.accepted, "output_error_before": refit.output_error_before,
                                     "output_error_after": refit.output_error_after, "iterations": refit.iterations,
                                     "evaluations": refit.evaluations, "stopped": refit.reason, "ridge": float(ridge)}
+            if extra is not None:
+                stats["joint_refit"]["boundary_samples"] = len(extra)
             if held_out is not None:
                 stats["joint_refit"]["held_out_error_per_ridge"] = {f"{r:g}": e for r, e in held_out.items()}
             if not np.isfinite(refit.output_error_before):  # skipped before measuring anything (work budget)
