@@ -334,7 +334,9 @@ class Network:
             W_sub = W.reshape(n_units, n_prev, -1)[rows]
             if not (isinstance(cols, slice) and cols == slice(None)):
                 W_sub = W_sub[:, cols]
-            return x_units.reshape(x_units.shape[0], -1) @ W_sub.reshape(-1, n_in * s_in).T + b[rows]
+            # Explicit shapes: a worker whose units read no input unit (all their weights pruned) has n_in = 0,
+            # where a -1 cannot be inferred.
+            return x_units.reshape(x_units.shape[0], n_in * s_in) @ W_sub.reshape(W_sub.shape[0], n_in * s_in).T + b[rows]
         _, h, w = stage.in_shape
         x = x_units.reshape(x_units.shape[0], n_in, h, w)
         W_sub = W[rows]

@@ -268,6 +268,20 @@ def test_dense_example_by_hand():
     assert distributed.comm_scalars == 4.0 and distributed.gather_latency == 0.0
 
 
+def test_a_worker_whose_units_read_nothing():
+    """Units whose weights are all pruned read no input unit: the worker computes them from its bias alone
+    (a restructured network can have that; reshaping its empty weight block once raised)."""
+    W2 = np.ones((2, 4))
+    W2[1] = 0.0  # unit 1, alone on worker 1, reads nothing
+    net = ro.Network([ro.Dense(np.eye(4)), ro.ReLU(), ro.Dense(W2, [0.5, -2.0])], input_shape=(4,))
+    X = np.arange(8.0).reshape(2, 4)
+    for output in ("gather", "distributed"):
+        report = ro.simulate(net, [None, [0, 0, 0, 0], [0, 1]], ro.Cluster(k=2), X=X, output=output)
+        np.testing.assert_array_equal(report.outputs, [[6.5, -2.0], [22.5, -2.0]])
+        np.testing.assert_array_equal(report.comm_per_layer, [0.0, 0.0])
+        assert report.comm_scalars == (1.0 if output == "gather" else 0.0)
+
+
 def _conv_network() -> ro.Network:
     """input (2, 4, 4) → conv 2→2 (3×3, pad 1; unit 1 reads channel 1 only) → ReLU → maxpool 2 → flatten → dense 8→3."""
     W1 = np.ones((2, 2, 3, 3)) * 0.1
