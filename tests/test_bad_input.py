@@ -163,6 +163,14 @@ def test_bad_restructure_problems(kwargs, message):
         ({"joint_ridge": -1}, "option `joint_ridge` must be >= 0.0, got -1.0"),
         ({"joint_ridge": "strong"}, "option `joint_ridge` must be a real number, got 'strong' (or 'auto')"),
         ({"joint_boundary": -1}, "option `joint_boundary` must be >= 0, got -1"),
+        ({"cascade_tolerance": -0.1}, "option `cascade_tolerance` must be >= 0, got minimum -0.1"),
+        ({"cascade_tolerance": "tight"}, "option `cascade_tolerance` must be a number or one number per layer, got 'tight'"),
+        ({"cascade_tolerance": [[0.1]]}, "option `cascade_tolerance` must be a 0 or 1-dimensional array, got shape (1, 1)"),
+        ({"cascade_tolerance": [0.1, 0.1, 0.1]}, "option `cascade_tolerance` must be a scalar or have one entry per linear layer (2), got 3"),
+        ({"cascade_tolerance": [0.05, 0.2]}, "option `cascade_tolerance` must not exceed the problem's tolerance: layer 2 has 0.2 > 0.1"),
+        ({"distill_steps": -5}, "option `distill_steps` must be >= 0, got -5"),
+        ({"distill_batch": 2}, "option `distill_batch` must be >= 4, got 2"),
+        ({"progress": 1}, "option `progress` must be True or False, got 1"),
         ({"partitioners": ("nope",)}, "option `partitioners` must be a sequence of partition backend names"),
         ({"partitioners": 3}, "option `partitioners` must be a sequence of partition backend names"),
     ],
@@ -171,6 +179,12 @@ def test_bad_repurpose_options(options, message):
     problem = ro.RestructureProblem(_net(), ro.Cluster(k=2), calibration=np.ones((10, 3)), tolerance=0.1)
     with raises(ro.InvalidParameterError, message):
         ro.solve(problem, backend="repurpose", options=options)
+
+
+def test_cascade_tolerance_needs_tolerance_mode():
+    problem = ro.RestructureProblem(_net(), ro.Cluster(k=2), calibration=np.ones((10, 3)), comm_budget=4.0)
+    with raises(ro.InvalidParameterError, "option `cascade_tolerance` needs a problem with a `tolerance` (this one has a `comm_budget`)"):
+        ro.solve(problem, backend="repurpose", options={"cascade_tolerance": 0.1})
 
 
 def test_joint_boundary_needs_a_classifier():

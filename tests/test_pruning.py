@@ -192,16 +192,16 @@ def test_joint_refit_gradients_match_finite_differences(free):
     rng = np.random.default_rng(1)
     net = _conv_net(rng)
     X = rng.normal(size=(5, 2, 8, 8))
-    model = _Model(net, X, free, np.float64)
+    model = _Model(net, free, np.float64)
     theta = model.pack(net)
     directions = [rng.normal(size=z.shape) for z in net.trace(X).pre_activations]
-    pre, caches = model.forward(model.weights(theta))
+    pre, tape = model.forward(model.weights(theta), X)
     for z, z_net in zip(pre, net.trace(X).pre_activations, strict=True):
         np.testing.assert_allclose(z, z_net, rtol=1e-12, atol=1e-12)
-    gradient = model.gradient(model.backward(model.weights(theta), caches, directions))
+    gradient = model.gradient(model.backward(model.weights(theta), tape, directions))
 
     def value(t):
-        return sum(float(np.sum(d * z)) for d, z in zip(directions, model.forward(model.weights(t))[0], strict=True))
+        return sum(float(np.sum(d * z)) for d, z in zip(directions, model.forward(model.weights(t), X)[0], strict=True))
 
     probes = rng.choice(theta.size, size=min(40, theta.size), replace=False)
     numeric = [(value(theta + 1e-6 * np.eye(theta.size)[i]) - value(theta - 1e-6 * np.eye(theta.size)[i])) / 2e-6 for i in probes]

@@ -132,12 +132,11 @@ def _pool_backward(op: MaxPool2d | AvgPool2d, x: np.ndarray, grad: np.ndarray, f
 
 
 class _Model:
-    """The network as (weights on a fixed support) → calibration pre-activations, with gradients."""
+    """The network as (weights on a fixed support, inputs) → pre-activations, with gradients."""
 
-    def __init__(self, network: Network, X: np.ndarray, free: list[bool], dtype: Any):
+    def __init__(self, network: Network, free: list[bool], dtype: Any):
         self.network, self.dtype = network, dtype
         self.L = network.n_layers
-        self.X = X.astype(dtype)
         self.free = free
         self.layers = network.linear_layers
         self.shapes = [network.shapes(l) for l in range(1, self.L + 1)]
@@ -169,9 +168,9 @@ class _Model:
             out.append((W.reshape(layer.W.shape), b))
         return out
 
-    def forward(self, weights: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list, list]:
-        """Pre-activations of every layer and what backward needs."""
-        a = self.X
+    def forward(self, weights: list[tuple[np.ndarray, np.ndarray]], X: np.ndarray) -> tuple[list, tuple[int, list]]:
+        """Pre-activations of every layer on the inputs ``X`` (already in ``dtype``) and what backward needs."""
+        a = X
         n = a.shape[0]
         pre, caches = [], []
         for l, (layer, (W, b)) in enumerate(zip(self.layers, weights, strict=False)):
@@ -194,11 +193,12 @@ class _Model:
                     value = op.apply(value)
             caches.append((x, inputs, value))
             a = value
-        return pre, caches
+        return pre, (n, caches)
 
-    def backward(self, weights, caches, grads_z: list[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Gradients of ``Σ_l <grads_z[l], Z_l>`` with respect to every layer's (W, b)."""
-        n = self.X.shape[0]
+    def backward(self, weights, tape: tuple[int, list], grads_z: list[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Gradients of ``Σ_l <grads_z[l], Z_l>`` with respect to every layer's (W, b); ``tape``: what
+        :meth:`forward` returned besides the pre-activations."""
+        n, caches = tape
         out: list[Any] = [None] * self.L
         upstream = None  # gradient with respect to layer l's output after its post ops
         for l in range(self.L - 1, -1, -1):
@@ -322,19 +322,16 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
     trace = original.trace(X) if trace is None else trace  # the targets, and the reference of every error check
     before = calibration_errors(original, restructured, X, reference=trace)
     caps = before.copy() if caps is None else np.asarray(caps, dtype=np.float64).reshape(-1)
-    # A layer that must stay (numerically) exact freezes itself and everything before it: any upstream
-    # change would move it.
-    exact = np.flatnonzero(caps[:-1] <= EXACT)
-    free = [l > (exact.max() if exact.size else -1) for l in range(L)]
+    free = free_layers(caps)
     targets = [np.asarray(z, dtype=dtype) for z in trace.pre_activations]
     energy = np.array([float(np.sum(np.asarray(z, dtype=np.float64) ** 2)) for z in trace.pre_activations])
 
-    def result(network: Network, accepted: bool, errors: np.ndarray, it: int, evals: int, reason: str) -> JointRefit:
+    def result(network: Network, errors: np.ndarray, accepted: bool, it: int, evals: int, reason: str) -> JointRefit:
         return JointRefit(network, accepted, float(before[-1]), float(errors[-1]), tuple(float(e) for e in errors), it, evals,
                           time.perf_counter() - started, reason)
 
     if not any(free) or energy[-1] <= 0 or before[-1] <= EXACT:
-        return result(restructured, False, before, 0, 0, "nothing to refit")
+        return result(restructured, before, False, 0, 0, "nothing to refit")
     n, inputs = X.shape[0], X
     out_target, out_energy = targets[-1], energy[-1]
     if extra is not None and len(extra):
@@ -342,7 +339,8 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
         out_target = np.concatenate([out_target, extra_out.astype(dtype)])
         out_energy += float(np.sum(extra_out**2))
         inputs = np.concatenate([X, extra])
-    model = _Model(restructured, inputs, free, dtype)
+    model = _Model(restructured, free, dtype)
+    inputs = inputs.astype(dtype)
     theta0 = model.pack(restructured)
     prior = model.pack(original)
     # ρ_l per unit of ||Z_l||²: the least-squares refit's prior, on the joint objective's relative scale.
@@ -363,7 +361,7 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
             raise _OutOfTime
         best["evals"] += 1
         weights = model.weights(theta)
-        pre, caches = model.forward(weights)
+        pre, tape = model.forward(weights, inputs)
         grads_z: list[np.ndarray | None] = [None] * L
         residual = pre[-1] - out_target
         value = float(np.sum(residual.astype(np.float64) ** 2)) / out_energy
@@ -382,7 +380,7 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
                 grads_z[l] = (factor * r).astype(dtype)
                 if pre[l].shape[0] > n:
                     grads_z[l] = np.concatenate([grads_z[l], np.zeros((pre[l].shape[0] - n,) + r.shape[1:], dtype=dtype)])
-        gradient = model.gradient(model.backward(weights, caches, grads_z))
+        gradient = model.gradient(model.backward(weights, tape, grads_z))
         delta = theta - prior
         value += float(np.sum(weight * delta * delta))
         gradient += 2 * weight * delta
@@ -416,16 +414,34 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
     except _Stalled:
         reason = f"stalled (< {STALL_RATIO:.1%} better over {STALL_WINDOW} evaluations)"
     iterations = max(iterations, steps[0])
-    theta = best["theta"]
-    # Accept the best point, or the largest step toward it that keeps every layer within its cap.
-    for _ in range(8):
-        candidate = restructured.with_weights([(W.astype(np.float64), b.astype(np.float64)) for W, b in model.weights(theta, np.float64)])
-        errors = calibration_errors(original, candidate, X, reference=trace)
-        if np.all(errors <= caps) and errors[-1] < before[-1]:
-            return result(candidate, True, errors, iterations, best["evals"], reason)
-        theta = 0.5 * (theta + theta0)
-    return result(restructured, False, before, iterations, best["evals"],
+    accepted = pull_back(original, restructured, model, best["theta"], theta0, X, trace, caps,
+                         lambda network, errors: errors[-1] < before[-1])
+    if accepted is not None:
+        return result(*accepted, True, iterations, best["evals"], reason)
+    return result(restructured, before, False, iterations, best["evals"],
                   "time limit" if reason == "time limit" else "no improvement within the caps")
+
+
+def free_layers(caps: np.ndarray) -> list[bool]:
+    """Which layers a refit may change: a hidden layer that must stay (numerically) exact freezes itself and
+    every layer before it, since any upstream change would move it."""
+    exact = np.flatnonzero(np.asarray(caps)[:-1] <= EXACT)
+    return [l > (exact.max() if exact.size else -1) for l in range(len(caps))]
+
+
+def pull_back(original: Network, restructured: Network, model: _Model, theta: np.ndarray, theta0: np.ndarray,
+              X: np.ndarray, trace: NetworkTrace, caps: np.ndarray, better: Any) -> tuple[Network, np.ndarray] | None:
+    """The point ``theta``, or the largest step toward it from ``theta0`` (halved up to 8 times), whose
+    float64 calibration errors are all within ``caps`` and that ``better(network, errors)`` accepts:
+    ``(network, errors)``, or ``None`` when no point of the segment qualifies."""
+    for _ in range(8):
+        weights = model.weights(theta, np.float64)
+        candidate = restructured.with_weights([(W.astype(np.float64), b.astype(np.float64)) for W, b in weights])
+        errors = calibration_errors(original, candidate, X, reference=trace)
+        if np.all(errors <= caps) and better(candidate, errors):
+            return candidate, errors
+        theta = 0.5 * (theta + theta0)
+    return None
 
 
 def choose_ridge(original: Network, restructured: Network, X: np.ndarray, caps: Any, *, max_iter: int = 100,

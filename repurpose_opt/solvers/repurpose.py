@@ -34,6 +34,7 @@ import numpy as np
 from ..lsq import DEFAULT_RIDGE
 from ..simulator import simulate
 from .base import Backend, BackendResult, Option, boolean, integer, number, offer_incumbent
+from .distill import BATCH as DISTILL_BATCH
 from .restructure_engine import (
     JOINT_ITERATIONS,
     PLACEMENT_SHARE,
@@ -70,6 +71,45 @@ def _partitioner_names(name: str, value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _tolerances(name: str, value: Any) -> Any:
+    """Check of the ``cascade_tolerance`` option: None, or a number or sequence of numbers >= 0 (the length is
+    checked against the problem when it is solved)."""
+    from .._validation import as_float_array
+    from ..errors import InvalidParameterError
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise InvalidParameterError(f"option `{name}` must be a number or one number per layer, got {value!r}")
+    try:
+        array = as_float_array(name, value, ndim=(0, 1), error=InvalidParameterError)
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(f"option {exc}") from None
+    if np.any(array < 0):
+        raise InvalidParameterError(f"option `{name}` must be >= 0, got minimum {array.min():g}")
+    return float(array) if array.ndim == 0 else tuple(float(v) for v in array)
+
+
+def _cascade_tolerances(problem: Any, value: Any) -> tuple[float, ...] | None:
+    """The ``cascade_tolerance`` option checked against ``problem``: one per layer, none above the problem's."""
+    from ..errors import InvalidParameterError
+
+    if value is None:
+        return None
+    if problem.tolerances is None:
+        raise InvalidParameterError("option `cascade_tolerance` needs a problem with a `tolerance` (this one has a `comm_budget`)")
+    L = len(problem.tolerances)
+    fitted = (value,) * L if isinstance(value, float) else value
+    if len(fitted) != L:
+        raise InvalidParameterError(f"option `cascade_tolerance` must be a scalar or have one entry per linear layer ({L}), "
+                                    f"got {len(fitted)}")
+    for l, (mine, theirs) in enumerate(zip(fitted, problem.tolerances, strict=True), start=1):
+        if mine > theirs:
+            raise InvalidParameterError(f"option `cascade_tolerance` must not exceed the problem's tolerance: layer {l} "
+                                        f"has {mine:g} > {theirs:g}")
+    return tuple(fitted)
+
+
 class RepurposeBackend(Backend):
     """Alternating capacitated assignment and ℓ0 adjustment, layer by layer, in cascade."""
 
@@ -100,6 +140,17 @@ class RepurposeBackend(Backend):
                                  "classifier that overfits its calibration samples (mnist1d MLP: 3000 lower the logit "
                                  "error on fresh samples by ~17 %), not for one that does not (digits MLP: higher)",
                                  check=integer(minimum=0)),
+        "cascade_tolerance": Option(None, "tolerances (scalar or per layer) the cascade fits each layer to, each at most the "
+                                    "problem's: they decide where the pairs go, while the refit and the distillation only "
+                                    "keep the problem's (e.g. problem [1, 1, t] with [1, t, t]: pairs placed for t in every "
+                                    "layer, the hidden layers then free to move)", check=_tolerances),
+        "distill_steps": Option(0, "Adam steps of a final distillation on synthetic inputs drawn from the calibration set "
+                                "(repurpose_opt.solvers.distill); 0: none. For a network that overfits its calibration "
+                                "samples (mnist1d MLP: 8000 steps, ~2.5 min, halve the logit error on fresh samples)",
+                                check=integer(minimum=0)),
+        "distill_batch": Option(DISTILL_BATCH, "inputs per distillation step (a quarter calibration samples)",
+                                check=integer(minimum=4)),
+        "progress": Option(False, "draw a progress bar of the distillation on stderr", check=boolean()),
         "partitioners": Option(("munkres",), "placement engines whose plan (of the importance-sparsified "
                                                       "network) is one more candidate per layer and one more whole cascade",
                                check=_partitioner_names),
@@ -113,6 +164,7 @@ class RepurposeBackend(Backend):
 
             raise InvalidParameterError(f"option `joint_boundary` needs a classifier (at least 2 outputs); this network has "
                                         f"{problem.network.n_outputs} output")
+        fitted = _cascade_tolerances(problem, options["cascade_tolerance"])
         chain = importance_chain(problem, problem.calibration_trace.activations)
         first = first_layer_placement(problem, chain[0])
         plans = []
@@ -153,7 +205,8 @@ class RepurposeBackend(Backend):
         def left() -> float | None:
             return None if deadline is None else max(deadline - time.perf_counter(), 0.1)
 
-        best = run_cascade(problem, first, placer, time_limit=left(), name="repurpose", joint_iterations=-1)
+        best = run_cascade(problem, first, placer, time_limit=left(), name="repurpose", joint_iterations=-1,
+                           tolerances=fitted)
         best.stats["portfolio"] = {"repurpose": _rank(problem, best)}
         _offer(problem, best)  # Ctrl-C from here on returns the best cascade instead of nothing
         # Whole cascades along the partition engines' plans: the layer-by-layer choice above can prefer a
@@ -165,7 +218,7 @@ class RepurposeBackend(Backend):
                 break
             other = run_cascade(problem, plan[0] if problem.input_mode == "free" else first,
                                 lambda ctx, plan=plan: [plan[ctx.l]], time_limit=left(), name=f"repurpose ({engine} plan)",
-                                joint_iterations=-1)
+                                joint_iterations=-1, tolerances=fitted)
             best.stats["portfolio"][engine] = _rank(problem, other)
             # Equal volumes (typical once every layer is local: only the gather is left) are decided by the
             # output's calibration error, the one the user sees.
@@ -177,7 +230,9 @@ class RepurposeBackend(Backend):
             return best
         return finish_cascade(problem, best, ridge=options["joint_ridge"],
                               joint_iterations=int(options["joint_iterations"]), deadline=deadline,
-                              started=started, boundary=int(options["joint_boundary"]), seed=0 if seed is None else seed)
+                              started=started, boundary=int(options["joint_boundary"]), seed=0 if seed is None else seed,
+                              distill_steps=int(options["distill_steps"]), distill_batch=int(options["distill_batch"]),
+                              progress=bool(options["progress"]))
 
 
 def _adjust_cost(n_out: int, n_in: int, k: int) -> int:

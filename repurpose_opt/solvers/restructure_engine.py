@@ -159,16 +159,19 @@ def _score(result: PruneResult) -> tuple[float, float]:
 
 
 def run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, time_limit: float | None = None,
-                name: str = "", ridge: float = DEFAULT_RIDGE, joint_iterations: int = JOINT_ITERATIONS) -> BackendResult:
+                name: str = "", ridge: float = DEFAULT_RIDGE, joint_iterations: int = JOINT_ITERATIONS,
+                tolerances: tuple[float, ...] | None = None) -> BackendResult:
     """Restructure ``problem`` layer by layer with candidate placements from ``placer``, then refit every
     layer jointly (:mod:`.joint_refit`, ``joint_iterations`` L-BFGS steps; 0 skips it; a negative value
     also skips the guarantee: the result is a candidate to be finished by :func:`finish_cascade`).
 
-    ``first_placement`` is ``assignment[0]`` (all -1 for a replicated input).
+    ``first_placement`` is ``assignment[0]`` (all -1 for a replicated input). ``tolerances``: what the cascade
+    fits each layer to, when tighter than the problem's (which the refits still keep): they decide where the
+    pairs go.
     """
     with blas_threads(problem.network):
         return _run_cascade(problem, first_placement, placer, time_limit=time_limit, name=name, ridge=ridge,
-                            joint_iterations=joint_iterations)
+                            joint_iterations=joint_iterations, tolerances=tolerances)
 
 
 class _Unreachable(Exception):
@@ -180,7 +183,7 @@ class _Unreachable(Exception):
 
 
 def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, time_limit: float | None, name: str,
-                 ridge: float, joint_iterations: int) -> BackendResult:
+                 ridge: float, joint_iterations: int, tolerances: tuple[float, ...] | None) -> BackendResult:
     """The cascade, with the recovery that makes tolerance mode always solvable.
 
     Layer l is refit on the *restructured* outputs of layer l-1, so its reachable error depends on how
@@ -196,7 +199,10 @@ def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, t
             f"`comm_budget` {problem.comm_budget:.6g} is below the {problem.minimum_gather:.6g} scalars per sample that "
             f"gathering the outputs on worker 0 needs under the balance constraint"))
     original = problem.calibration_trace
-    tolerances = None if problem.tolerances is None else list(problem.tolerances)
+    if tolerances is None:
+        tolerances = problem.tolerances
+    asked = tolerances
+    tolerances = None if tolerances is None else list(tolerances)
     tightened = []
     for round_ in range(TIGHTEN_ROUNDS + 2):
         try:
@@ -207,7 +213,7 @@ def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, t
             if round_ > TIGHTEN_ROUNDS or exc.l == 1 or (deadline is not None and time.perf_counter() > deadline):
                 return BackendResult(
                     Status.NO_SOLUTION,
-                    message=(f"layer {exc.l}: tolerance {problem.tolerances[exc.l - 1]:.4g} could not be met from the "
+                    message=(f"layer {exc.l}: tolerance {asked[exc.l - 1]:.4g} could not be met from the "
                              f"restructured layers before it (smallest relative calibration error reachable with "
                              f"every input available: {exc.smallest:.4g}, after {round_} tightening rounds)"),
                     stats={"unreachable_layer": exc.l, "smallest_error": exc.smallest, "tightened": tightened},
@@ -230,12 +236,15 @@ def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, t
 
 def finish_cascade(problem: Any, result: BackendResult, *, ridge: float | str = DEFAULT_RIDGE,
                    joint_iterations: int = JOINT_ITERATIONS, deadline: float | None = None,
-                   started: float | None = None, boundary: int = 0, seed: int = 0) -> BackendResult:
-    """The joint refit (:mod:`.joint_refit`) and the guarantee of a cascade's result (in place).
+                   started: float | None = None, boundary: int = 0, seed: int = 0, distill_steps: int = 0,
+                   distill_batch: int | None = None, progress: bool = False) -> BackendResult:
+    """The joint refit (:mod:`.joint_refit`), the distillation (:mod:`.distill`, ``distill_steps`` > 0) and the
+    guarantee of a cascade's result (in place).
 
     ``ridge="auto"``: the refit's prior is chosen on held-out calibration samples (:func:`.joint_refit.choose_ridge`,
     without boundary samples). ``boundary``: that many :func:`repurpose_opt.boundary.boundary_samples` of the
-    calibration set (``seed``) join the refit's output term.
+    calibration set (``seed``) join the refit's output term. The distillation starts from the refit's result
+    and draws its batches with ``seed``.
     """
     network, stats = problem.network, result.stats
     started = time.perf_counter() if started is None else started
@@ -266,6 +275,17 @@ def finish_cascade(problem: Any, result: BackendResult, *, ridge: float | str = 
             if not np.isfinite(refit.output_error_before):  # skipped before measuring anything (work budget)
                 del stats["joint_refit"]["output_error_before"], stats["joint_refit"]["output_error_after"]
             stats.setdefault("timings", {})["joint_refit"] = refit.seconds
+        if distill_steps > 0 and not (deadline is not None and time.perf_counter() > deadline):
+            from .distill import BATCH, distill
+
+            out = distill(network, result.network, problem.calibration, problem.tolerances, steps=distill_steps,
+                          batch=distill_batch or BATCH, seed=seed, deadline=deadline, trace=problem.calibration_trace,
+                          progress=progress)
+            result.network = out.network
+            stats["distillation"] = {"accepted": out.accepted, "steps": out.steps, "stopped": out.reason,
+                                     "validation_error_before": out.validation_before,
+                                     "validation_error_after": out.validation_after, "curve": [list(p) for p in out.curve]}
+            stats.setdefault("timings", {})["distillation"] = out.seconds
         stats["time_limit_reached"] = deadline is not None and time.perf_counter() > deadline
         result.guarantee = _guarantee(problem, result.network)
     return result
