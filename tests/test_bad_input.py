@@ -166,7 +166,7 @@ def test_bad_restructure_problems(kwargs, message):
         ({"cascade_tolerance": -0.1}, "option `cascade_tolerance` must be >= 0, got minimum -0.1"),
         ({"cascade_tolerance": "tight"}, "option `cascade_tolerance` must be a number or one number per layer, got 'tight'"),
         ({"cascade_tolerance": [[0.1]]}, "option `cascade_tolerance` must be a 0 or 1-dimensional array, got shape (1, 1)"),
-        ({"cascade_tolerance": [0.1, 0.1, 0.1]}, "option `cascade_tolerance` must be a scalar or have one entry per linear layer (2), got 3"),
+        ({"cascade_tolerance": [0.1, 0.1, 0.1]}, "option `cascade_tolerance` must be a scalar or have one entry per linear layer (2), got shape (3,)"),
         ({"cascade_tolerance": [0.05, 0.2]}, "option `cascade_tolerance` must not exceed the problem's tolerance: layer 2 has 0.2 > 0.1"),
         ({"distill_steps": -5}, "option `distill_steps` must be >= 0, got -5"),
         ({"distill_batch": 2}, "option `distill_batch` must be >= 4, got 2"),

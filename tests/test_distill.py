@@ -182,3 +182,28 @@ def test_repurpose_distillation_keeps_the_volume_and_a_time_limit():
     assert time.perf_counter() - started < 4.0
     assert limited.objective == plain.objective
     assert limited.stats["distillation"]["stopped"].startswith("time limit")
+
+
+def test_progress_bar_on_request_only(capsys):
+    rng = np.random.default_rng(5)
+    net = random_dense_network(rng, [6, 16, 4])
+    X, pruned = rng.normal(size=(80, 6)), _pruned(net, rng)
+    distill(net, pruned, X, [1.0, 1.0], steps=50, batch=32)
+    assert capsys.readouterr().err == ""
+    distill(net, pruned, X, [1.0, 1.0], steps=50, batch=32, progress=True)
+    assert "distillation 50/50 (100%)" in capsys.readouterr().err
+
+
+def test_budget_mode_distillation_makes_no_layer_worse():
+    """Without tolerances the caps are the errors the cascade reached (as in the joint refit)."""
+    rng = np.random.default_rng(6)
+    net = random_dense_network(rng, [6, 24, 24, 4])
+    X = rng.normal(size=(100, 6))
+    problem = ro.RestructureProblem(net, ro.Cluster(k=2), calibration=X, comm_budget=12.0)
+    cascade = ro.solve(problem, backend="repurpose", seed=0, options={"joint_iterations": 0})
+    distilled = ro.solve(problem, backend="repurpose", seed=0, verify=True,
+                         options={"joint_iterations": 0, "distill_steps": 300, "distill_batch": 128})
+    assert distilled.objective <= 12.0 and distilled.objective == cascade.objective
+    before = calibration_errors(net, cascade.network, X)
+    assert np.all(calibration_errors(net, distilled.network, X) <= before)
+    assert distilled.stats["distillation"]["steps"] == 300

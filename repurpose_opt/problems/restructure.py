@@ -38,15 +38,17 @@ def calibration_errors(original: Network, restructured: Network, X: np.ndarray,
     return np.asarray(out)
 
 
-def _per_layer(name: str, value: Any, n_layers: int) -> tuple[float, ...]:
-    array = as_float_array(name, value, ndim=(0, 1))
-    if array.ndim == 0:
+def per_layer(name: str, value: Any, n_layers: int | None, error: type = InvalidProblemError) -> tuple[float, ...]:
+    """``value`` (a scalar or one entry per linear layer, each >= 0) as one float per layer, or ``error`` naming
+    ``name``; ``n_layers=None`` checks everything but the length (and keeps a scalar as one entry)."""
+    array = as_float_array(name, value, ndim=(0, 1), error=error)
+    if array.ndim == 0 and n_layers is not None:
         array = np.full(n_layers, float(array))
-    if array.shape != (n_layers,):
-        raise InvalidProblemError(f"`{name}` must be a scalar or have one entry per linear layer ({n_layers}), got shape {array.shape}")
+    if n_layers is not None and array.shape != (n_layers,):
+        raise error(f"`{name}` must be a scalar or have one entry per linear layer ({n_layers}), got shape {array.shape}")
     if np.any(array < 0):
-        raise InvalidProblemError(f"`{name}` must be >= 0, got minimum {array.min()}")
-    return tuple(float(v) for v in array)
+        raise error(f"`{name}` must be >= 0, got minimum {array.min()}")
+    return tuple(float(v) for v in array.reshape(-1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,13 +110,13 @@ class RestructureProblem:
             raise InvalidProblemError("give exactly one of `tolerance` and `comm_budget`")
         L = self.network.n_layers
         if self.tolerance is not None:
-            object.__setattr__(self, "tolerance", _per_layer("tolerance", self.tolerance, L))
+            object.__setattr__(self, "tolerance", per_layer("tolerance", self.tolerance, L))
         else:
             budget = as_float_array("comm_budget", self.comm_budget, ndim=(0, 1))  # refuses ragged lists too
             if budget.ndim == 0:
                 object.__setattr__(self, "comm_budget", as_float("comm_budget", float(budget), minimum=0.0, error=InvalidProblemError))
             else:
-                object.__setattr__(self, "comm_budget", _per_layer("comm_budget", budget, L))
+                object.__setattr__(self, "comm_budget", per_layer("comm_budget", budget, L))
 
     @property
     def k(self) -> int:

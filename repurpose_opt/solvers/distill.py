@@ -19,9 +19,11 @@ within its cap (else the step toward it is halved, up to 8 times) *and* a smalle
 set of synthetic inputs than before; otherwise the network is left as it was. Nothing is drawn but from the
 calibration samples, so the pass needs no labels and no other data.
 
-Measured on the mnist1d MLP (``benchmarks/bench_mnist1d_limits.py``): with the hidden layer free (tolerances
-``[1.0, 1.0, t]``, the cascade placing pairs for ``[1.0, t, t]``: the ``repurpose`` option
-``cascade_tolerance``) the logit error on fresh samples halves, and so does the accuracy loss.
+Measured on the mnist1d MLP (K = 4, 299 scalars per sample, 8000 steps of 2048 inputs, section 7 of
+``benchmarks/bench_mnist1d_limits.py``): with the hidden layer free (tolerances ``[1.0, 1.0, t]``, the cascade
+placing pairs for ``[1.0, t, t]``: the ``repurpose`` option ``cascade_tolerance``) the logit error on fresh
+samples halves (0.135 → 0.064) and the accuracy loss falls from 1.80 to 0.68 pt; with the hidden layer held
+to t it falls only to 0.113.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def distill(original: Network, restructured: Network, X: np.ndarray, caps: Any, 
         size = float(np.sqrt(np.mean(layer.W.astype(np.float64) ** 2)))
         step_size[model.offsets[2 * l] : model.offsets[2 * l + 2]] = learning_rate * (size if size > 0 else 1.0)
     moment, power = np.zeros_like(theta), np.zeros_like(theta)
-    own = max(1, min(n, int(round(CALIBRATION_SHARE * batch))))
+    own = max(1, int(round(CALIBRATION_SHARE * batch)))  # drawn with replacement: the share holds for any n
     targets = [np.asarray(z, dtype=dtype) for z in trace.pre_activations]
     calibration = X.astype(dtype)
     bounds = np.minimum(SAFETY * caps, 1e150) ** 2

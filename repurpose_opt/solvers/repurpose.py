@@ -72,42 +72,40 @@ def _partitioner_names(name: str, value: Any) -> tuple[str, ...]:
 
 
 def _tolerances(name: str, value: Any) -> Any:
-    """Check of the ``cascade_tolerance`` option: None, or a number or sequence of numbers >= 0 (the length is
-    checked against the problem when it is solved)."""
-    from .._validation import as_float_array
+    """Check of the ``cascade_tolerance`` option: None, a number or a sequence of numbers, each >= 0 (the
+    length is checked against the problem when it is solved)."""
     from ..errors import InvalidParameterError
+    from ..problems.restructure import per_layer
 
     if value is None:
         return None
     if isinstance(value, str):
         raise InvalidParameterError(f"option `{name}` must be a number or one number per layer, got {value!r}")
     try:
-        array = as_float_array(name, value, ndim=(0, 1), error=InvalidParameterError)
+        per_layer(name, value, None, error=InvalidParameterError)
     except InvalidParameterError as exc:
         raise InvalidParameterError(f"option {exc}") from None
-    if np.any(array < 0):
-        raise InvalidParameterError(f"option `{name}` must be >= 0, got minimum {array.min():g}")
-    return float(array) if array.ndim == 0 else tuple(float(v) for v in array)
+    return value
 
 
 def _cascade_tolerances(problem: Any, value: Any) -> tuple[float, ...] | None:
-    """The ``cascade_tolerance`` option checked against ``problem``: one per layer, none above the problem's."""
+    """The ``cascade_tolerance`` option for ``problem``: one per layer, none above the problem's tolerance."""
     from ..errors import InvalidParameterError
+    from ..problems.restructure import per_layer
 
     if value is None:
         return None
     if problem.tolerances is None:
         raise InvalidParameterError("option `cascade_tolerance` needs a problem with a `tolerance` (this one has a `comm_budget`)")
-    L = len(problem.tolerances)
-    fitted = (value,) * L if isinstance(value, float) else value
-    if len(fitted) != L:
-        raise InvalidParameterError(f"option `cascade_tolerance` must be a scalar or have one entry per linear layer ({L}), "
-                                    f"got {len(fitted)}")
+    try:
+        fitted = per_layer("cascade_tolerance", value, len(problem.tolerances), error=InvalidParameterError)
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(f"option {exc}") from None
     for l, (mine, theirs) in enumerate(zip(fitted, problem.tolerances, strict=True), start=1):
         if mine > theirs:
             raise InvalidParameterError(f"option `cascade_tolerance` must not exceed the problem's tolerance: layer {l} "
                                         f"has {mine:g} > {theirs:g}")
-    return tuple(fitted)
+    return fitted
 
 
 class RepurposeBackend(Backend):

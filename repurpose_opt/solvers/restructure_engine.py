@@ -199,10 +199,8 @@ def _run_cascade(problem: Any, first_placement: np.ndarray, placer: Placer, *, t
             f"`comm_budget` {problem.comm_budget:.6g} is below the {problem.minimum_gather:.6g} scalars per sample that "
             f"gathering the outputs on worker 0 needs under the balance constraint"))
     original = problem.calibration_trace
-    if tolerances is None:
-        tolerances = problem.tolerances
-    asked = tolerances
-    tolerances = None if tolerances is None else list(tolerances)
+    asked = problem.tolerances if tolerances is None else tolerances
+    tolerances = None if asked is None else list(asked)
     tightened = []
     for round_ in range(TIGHTEN_ROUNDS + 2):
         try:
