@@ -22,6 +22,7 @@ Run:  flock /tmp/repurpose-bench.lock python benchmarks/bench_restructure.py [--
       [--models mnist1d_mlp] [--rows benchmarks/results/tradeoff.json]
 Prints the tables and writes ``restructure.json`` plus ``tradeoff.csv/json`` and ``tradeoff_<model>.png``.
 ``--rows`` re-reads a sweep's rows instead of solving again (the tables only); ``--models`` restricts the sweep.
+With ``--skip``, the sections not run keep their entries from the JSON file already there.
 
 Noise: the accuracy loss of a point is a paired difference on the test set; its standard error is
 ``sqrt(D)/N`` with D the test predictions that changed (``(1 - agreement)·N``), printed as ``± se``. On
@@ -297,6 +298,8 @@ def main() -> None:
                   f"median error {entry['median_error_on_test']:.3g}")
             print("   tightness per probe set:", {k: round(v, 4) for k, v in entry["tightness_per_probe"].items()})
     name = "restructure_quick.json" if args.quick else "restructure.json"
+    if skip and (out / name).exists():  # a partial run updates the sections it ran, as bench_mnist1d_limits does
+        results = json.loads((out / name).read_text()) | results
     (out / name).write_text(json.dumps(results, indent=1, default=float))
     print(f"\nwrote {out / name}")
 
