@@ -37,7 +37,7 @@ import numpy as np
 from ..network import Network, NetworkTrace
 from ..problems.restructure import calibration_errors
 from ..synthetic import InputModel
-from .joint_refit import PENALTY, SAFETY, _Model, free_layers, pull_back
+from .joint_refit import SAFETY, _Model, free_layers, hinge, pull_back
 
 __all__ = ["Distillation", "distill", "BATCH", "LEARNING_RATE", "CALIBRATION_SHARE", "VALIDATION_INPUTS"]
 
@@ -155,7 +155,7 @@ def distill(original: Network, restructured: Network, X: np.ndarray, caps: Any, 
     own = max(1, int(round(CALIBRATION_SHARE * batch)))  # drawn with replacement: the share holds for any n
     targets = [np.asarray(z, dtype=dtype) for z in trace.pre_activations]
     calibration = X.astype(dtype)
-    bounds = np.minimum(SAFETY * caps, 1e150) ** 2
+    bounds = np.minimum(SAFETY * caps, 1e150) ** 2 * own * energy  # on the `own` calibration rows of a batch
     curve: list[tuple[int, float]] = []
     every = max(steps // CURVE_POINTS, 1)
     reason, done = "steps done", 0
@@ -178,13 +178,9 @@ def distill(original: Network, restructured: Network, X: np.ndarray, caps: Any, 
             for l in range(L - 1):  # the hinge, on the calibration rows of the batch
                 if not any(free[: l + 1]) or energy[l] <= 0:
                     continue
-                r = pre[l][:own] - targets[l][rows]
-                err = float(np.sum(r.astype(np.float64) ** 2)) / (own * energy[l])
-                if err > bounds[l]:
-                    excess = (err - bounds[l]) / bounds[l]
-                    g = np.zeros_like(pre[l])
-                    g[:own] = min(PENALTY * 4 * excess / (bounds[l] * own * energy[l]), 1e30) * r
-                    grads_z[l] = g
+                _, g = hinge(pre[l][:own] - targets[l][rows], bounds[l])
+                if g is not None:
+                    grads_z[l] = np.concatenate([g, np.zeros_like(pre[l][own:])])
             gradient = model.gradient(model.backward(weights, tape, grads_z))
             # Adam, with a cosine decay of the step.
             moment = _BETAS[0] * moment + (1 - _BETAS[0]) * gradient
@@ -194,13 +190,11 @@ def distill(original: Network, restructured: Network, X: np.ndarray, caps: Any, 
             theta -= rate * step_size * (moment / (1 - _BETAS[0] ** t)) / (np.sqrt(power / (1 - _BETAS[1] ** t)) + _EPS)
             done = t
             if t % every == 0 or t == steps:
-                network = restructured.with_weights([(W.astype(np.float64), b.astype(np.float64))
-                                                     for W, b in model.weights(theta, np.float64)])
-                curve.append((t, validation_error(network)))
+                curve.append((t, validation_error(model.network_at(theta))))
             bar.update(1)
     if done == 0:
         return result(restructured, before, False, 0, reason, start_error, curve)
-    accepted = pull_back(original, restructured, model, theta, theta0, X, trace, caps,
+    accepted = pull_back(original, model, theta, theta0, X, trace, caps,
                          lambda network, errors: validation_error(network) < start_error)
     if accepted is None:
         return result(restructured, before, False, done, f"{reason}; no improvement within the caps", start_error, curve)

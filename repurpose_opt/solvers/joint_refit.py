@@ -168,6 +168,10 @@ class _Model:
             out.append((W.reshape(layer.W.shape), b))
         return out
 
+    def network_at(self, theta: np.ndarray) -> Network:
+        """The network with the weights ``theta`` (in float64)."""
+        return self.network.with_weights(self.weights(theta, np.float64))
+
     def forward(self, weights: list[tuple[np.ndarray, np.ndarray]], X: np.ndarray) -> tuple[list, tuple[int, list]]:
         """Pre-activations of every layer on the inputs ``X`` (already in ``dtype``) and what backward needs."""
         a = X
@@ -371,15 +375,11 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
         for l in range(L - 1):
             if not free[l] and not any(free[:l]):
                 continue  # a frozen layer fed by frozen layers keeps its error
-            r = pre[l][:n] - targets[l]  # the caps hold on the calibration samples, not on `extra`
-            err = float(np.sum(r.astype(np.float64) ** 2))
-            if err > bounds[l]:
-                excess = (err - bounds[l]) / bounds[l]
-                value += PENALTY * excess**2
-                factor = min(PENALTY * 4 * excess / bounds[l], 1e30)  # finite in float32 whatever the cap
-                grads_z[l] = (factor * r).astype(dtype)
-                if pre[l].shape[0] > n:
-                    grads_z[l] = np.concatenate([grads_z[l], np.zeros((pre[l].shape[0] - n,) + r.shape[1:], dtype=dtype)])
+            # The caps hold on the calibration samples, not on `extra`.
+            penalty, grads_z[l] = hinge(pre[l][:n] - targets[l], bounds[l])
+            value += penalty
+            if grads_z[l] is not None and pre[l].shape[0] > n:
+                grads_z[l] = np.concatenate([grads_z[l], np.zeros_like(pre[l][n:])])
         gradient = model.gradient(model.backward(weights, tape, grads_z))
         delta = theta - prior
         value += float(np.sum(weight * delta * delta))
@@ -414,12 +414,24 @@ def joint_refit(original: Network, restructured: Network, X: np.ndarray, caps: A
     except _Stalled:
         reason = f"stalled (< {STALL_RATIO:.1%} better over {STALL_WINDOW} evaluations)"
     iterations = max(iterations, steps[0])
-    accepted = pull_back(original, restructured, model, best["theta"], theta0, X, trace, caps,
+    accepted = pull_back(original, model, best["theta"], theta0, X, trace, caps,
                          lambda network, errors: errors[-1] < before[-1])
     if accepted is not None:
         return result(*accepted, True, iterations, best["evals"], reason)
     return result(restructured, before, False, iterations, best["evals"],
                   "time limit" if reason == "time limit" else "no improvement within the caps")
+
+
+def hinge(r: np.ndarray, bound: float) -> tuple[float, np.ndarray | None]:
+    """The cap's penalty ``PENALTY·max(0, ||r||²/bound − 1)²`` on a layer's residual rows ``r = Ẑ_l − Z_l`` and
+    its gradient with respect to those rows (in ``r``'s dtype), or ``(0, None)`` within the bound."""
+    err = float(np.sum(r.astype(np.float64) ** 2))
+    if err <= bound:
+        return 0.0, None
+    excess = (err - bound) / bound
+    # Capped so as to stay finite in float32 whatever the cap; back in r's dtype, which a NumPy float64 factor
+    # would otherwise impose on the whole backward pass (NEP 50).
+    return PENALTY * excess**2, (min(PENALTY * 4 * excess / bound, 1e30) * r).astype(r.dtype, copy=False)
 
 
 def free_layers(caps: np.ndarray) -> list[bool]:
@@ -429,14 +441,13 @@ def free_layers(caps: np.ndarray) -> list[bool]:
     return [l > (exact.max() if exact.size else -1) for l in range(len(caps))]
 
 
-def pull_back(original: Network, restructured: Network, model: _Model, theta: np.ndarray, theta0: np.ndarray,
-              X: np.ndarray, trace: NetworkTrace, caps: np.ndarray, better: Any) -> tuple[Network, np.ndarray] | None:
+def pull_back(original: Network, model: _Model, theta: np.ndarray, theta0: np.ndarray, X: np.ndarray,
+              trace: NetworkTrace, caps: np.ndarray, better: Any) -> tuple[Network, np.ndarray] | None:
     """The point ``theta``, or the largest step toward it from ``theta0`` (halved up to 8 times), whose
     float64 calibration errors are all within ``caps`` and that ``better(network, errors)`` accepts:
     ``(network, errors)``, or ``None`` when no point of the segment qualifies."""
     for _ in range(8):
-        weights = model.weights(theta, np.float64)
-        candidate = restructured.with_weights([(W.astype(np.float64), b.astype(np.float64)) for W, b in weights])
+        candidate = model.network_at(theta)
         errors = calibration_errors(original, candidate, X, reference=trace)
         if np.all(errors <= caps) and better(candidate, errors):
             return candidate, errors

@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidParameterError
 from ..lsq import DEFAULT_RIDGE
+from ..problems.restructure import per_layer
 from ..simulator import simulate
 from .base import Backend, BackendResult, Option, boolean, integer, number, offer_incumbent
 from .distill import BATCH as DISTILL_BATCH
@@ -60,7 +62,6 @@ PLAN_OPTIONS: dict[str, dict[str, Any]] = {"munkres": {"restarts": 4}}
 
 def _partitioner_names(name: str, value: Any) -> tuple[str, ...]:
     """Check of the ``partitioners`` option: installed backends that solve a PartitionProblem."""
-    from ..errors import InvalidParameterError
     from .registry import installed_partition_backends
 
     names = (value,) if isinstance(value, str) else value
@@ -71,36 +72,31 @@ def _partitioner_names(name: str, value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _option_per_layer(name: str, value: Any, n_layers: int | None) -> tuple[float, ...]:
+    """:func:`repurpose_opt.problems.restructure.per_layer` for an option: its messages, as the option's."""
+    try:
+        return per_layer(name, value, n_layers, error=InvalidParameterError)
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(f"option {exc}") from None
+
+
 def _tolerances(name: str, value: Any) -> Any:
     """Check of the ``cascade_tolerance`` option: None, a number or a sequence of numbers, each >= 0 (the
     length is checked against the problem when it is solved)."""
-    from ..errors import InvalidParameterError
-    from ..problems.restructure import per_layer
-
-    if value is None:
-        return None
     if isinstance(value, str):
         raise InvalidParameterError(f"option `{name}` must be a number or one number per layer, got {value!r}")
-    try:
-        per_layer(name, value, None, error=InvalidParameterError)
-    except InvalidParameterError as exc:
-        raise InvalidParameterError(f"option {exc}") from None
+    if value is not None:
+        _option_per_layer(name, value, None)
     return value
 
 
 def _cascade_tolerances(problem: Any, value: Any) -> tuple[float, ...] | None:
     """The ``cascade_tolerance`` option for ``problem``: one per layer, none above the problem's tolerance."""
-    from ..errors import InvalidParameterError
-    from ..problems.restructure import per_layer
-
     if value is None:
         return None
     if problem.tolerances is None:
         raise InvalidParameterError("option `cascade_tolerance` needs a problem with a `tolerance` (this one has a `comm_budget`)")
-    try:
-        fitted = per_layer("cascade_tolerance", value, len(problem.tolerances), error=InvalidParameterError)
-    except InvalidParameterError as exc:
-        raise InvalidParameterError(f"option {exc}") from None
+    fitted = _option_per_layer("cascade_tolerance", value, len(problem.tolerances))
     for l, (mine, theirs) in enumerate(zip(fitted, problem.tolerances, strict=True), start=1):
         if mine > theirs:
             raise InvalidParameterError(f"option `cascade_tolerance` must not exceed the problem's tolerance: layer {l} "
@@ -158,7 +154,6 @@ class RepurposeBackend(Backend):
         started = time.perf_counter()
         deadline = None if time_limit is None else started + time_limit
         if options["joint_boundary"] and problem.network.n_outputs < 2:
-            from ..errors import InvalidParameterError
 
             raise InvalidParameterError(f"option `joint_boundary` needs a classifier (at least 2 outputs); this network has "
                                         f"{problem.network.n_outputs} output")
